@@ -1,0 +1,414 @@
+//! The engine: applies source updates to versioned snapshots and publishes them to subscribers.
+//!
+//! One upstream watch runs per distinct (source, widest prefix) however many subscribers share it.
+//! Each subscriber gets a latest-value channel holding the view of its own prefix; a view is only
+//! republished when a key under that prefix changed (or when the first snapshot arrives).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::prefix;
+use crate::snapshot::{Entries, Rejected, Snapshot};
+use crate::source::{Envelope, Source, UpdateSink};
+use crate::stats::SourceStats;
+
+/// What a subscriber sees: the keys under its prefix at one version of the watched prefix.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// The source the keys come from.
+    pub source: Arc<str>,
+    /// The subscriber's prefix; keys in `entries` are full keys that start with it.
+    pub prefix: String,
+    /// The version (index, revision) of the watched prefix this view was taken at.
+    pub version: u64,
+    pub entries: Arc<Entries>,
+    /// When the source received the change that produced this view (for change-to-disk latency).
+    pub received: Instant,
+}
+
+impl View {
+    /// The entries with keys made relative to the view's prefix.
+    pub fn relative(&self) -> impl Iterator<Item = (&str, &bytes::Bytes)> {
+        let n = self.prefix.len();
+        self.entries.iter().map(move |(k, v)| (&k[n..], v))
+    }
+}
+
+/// A subscriber's handle: the latest view of one (source, prefix), None until the first snapshot.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub source: String,
+    pub prefix: String,
+    rx: watch::Receiver<Option<View>>,
+}
+
+impl Subscription {
+    /// The latest view, if the first snapshot has arrived.
+    pub fn latest(&self) -> Option<View> {
+        self.rx.borrow().clone()
+    }
+
+    /// Marks the current view as seen and returns it.
+    pub fn take(&mut self) -> Option<View> {
+        self.rx.borrow_and_update().clone()
+    }
+
+    /// Whether a view newer than the last `take` is waiting.
+    pub fn has_changed(&self) -> bool {
+        self.rx.has_changed().unwrap_or(false)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no source named `{0}`")]
+    UnknownSource(String),
+}
+
+struct SourceEntry {
+    source: Box<dyn Source>,
+    stats: Arc<SourceStats>,
+    requested: Vec<String>,
+}
+
+struct SubEntry {
+    source: Arc<str>,
+    prefix: String,
+    tx: watch::Sender<Option<View>>,
+}
+
+/// Collects sources and subscriptions, then starts everything.
+#[derive(Default)]
+pub struct EngineBuilder {
+    sources: BTreeMap<String, SourceEntry>,
+    subs: Vec<SubEntry>,
+}
+
+impl EngineBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a source under its configured name. `stats` is where it counts its work.
+    pub fn add_source(&mut self, name: &str, source: Box<dyn Source>, stats: Arc<SourceStats>) {
+        self.sources.insert(
+            name.to_string(),
+            SourceEntry {
+                source,
+                stats,
+                requested: Vec::new(),
+            },
+        );
+    }
+
+    /// Asks for the keys under `prefix` of source `source`.
+    pub fn subscribe(&mut self, source: &str, prefix: &str) -> Result<Subscription, EngineError> {
+        let entry = self
+            .sources
+            .get_mut(source)
+            .ok_or_else(|| EngineError::UnknownSource(source.to_string()))?;
+        entry.requested.push(prefix.to_string());
+        // Subscribers of the same (source, prefix) share one channel.
+        if let Some(sub) = self
+            .subs
+            .iter()
+            .find(|s| &*s.source == source && s.prefix == prefix)
+        {
+            return Ok(Subscription {
+                source: source.to_string(),
+                prefix: prefix.to_string(),
+                rx: sub.tx.subscribe(),
+            });
+        }
+        let (tx, rx) = watch::channel(None);
+        self.subs.push(SubEntry {
+            source: source.into(),
+            prefix: prefix.to_string(),
+            tx,
+        });
+        Ok(Subscription {
+            source: source.to_string(),
+            prefix: prefix.to_string(),
+            rx,
+        })
+    }
+
+    /// The prefixes each source will really watch (narrower requests folded into wider ones).
+    pub fn watched(&self) -> BTreeMap<String, Vec<String>> {
+        self.sources
+            .iter()
+            .map(|(n, e)| (n.clone(), prefix::widest(e.requested.iter().cloned())))
+            .collect()
+    }
+
+    /// Starts one task per source that has subscribers and the engine loop. Everything stops when
+    /// `cancel` fires; `Engine::wait` returns once every task has finished.
+    pub fn start(self, cancel: CancellationToken) -> Engine {
+        let (tx, rx) = mpsc::channel::<Envelope>(1024);
+        let mut tasks = JoinSet::new();
+        let mut stores: HashMap<(Arc<str>, String), Store> = HashMap::new();
+        let watched = self.watched();
+        for (name, entry) in self.sources {
+            let prefixes = watched.get(&name).cloned().unwrap_or_default();
+            if prefixes.is_empty() {
+                continue; // nobody reads this source: do not connect to it
+            }
+            let name: Arc<str> = name.into();
+            for p in &prefixes {
+                stores.insert((Arc::clone(&name), p.clone()), Store::default());
+            }
+            let sink = UpdateSink::new(Arc::clone(&name), tx.clone(), entry.stats);
+            let kind = entry.source.kind();
+            info!(source = %name, kind, prefixes = ?prefixes, "starting source");
+            let fut = entry.source.run(prefixes, sink, cancel.child_token());
+            tasks.spawn(async move {
+                if let Err(e) = fut.await {
+                    error!(source = %name, "source stopped: {e}");
+                }
+            });
+        }
+        drop(tx);
+        // Attach every subscription to the store that serves it.
+        for sub in self.subs {
+            let key = stores
+                .keys()
+                .find(|(s, p)| *s == sub.source && sub.prefix.starts_with(p.as_str()))
+                .cloned()
+                .expect("every subscription has a covering watch");
+            stores.get_mut(&key).expect("store exists").subs.push(sub);
+        }
+        let loop_cancel = cancel.clone();
+        tasks.spawn(run_loop(rx, stores, loop_cancel));
+        Engine { tasks }
+    }
+}
+
+/// The running engine.
+pub struct Engine {
+    tasks: JoinSet<()>,
+}
+
+impl Engine {
+    /// Waits until every source task and the engine loop have returned (after cancellation).
+    pub async fn wait(mut self) {
+        while let Some(r) = self.tasks.join_next().await {
+            if let Err(e) = r {
+                if e.is_panic() {
+                    error!("an engine task panicked: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// One watched prefix: its snapshot and the subscribers it serves.
+#[derive(Default)]
+struct Store {
+    snapshot: Snapshot,
+    /// Whether the first snapshot has been published.
+    delivered: bool,
+    subs: Vec<SubEntry>,
+}
+
+async fn run_loop(
+    mut rx: mpsc::Receiver<Envelope>,
+    mut stores: HashMap<(Arc<str>, String), Store>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let env = tokio::select! {
+            // Shutdown: stop applying updates.
+            _ = cancel.cancelled() => return,
+            // An update from a source; None once every source has returned.
+            env = rx.recv() => match env { Some(e) => e, None => return },
+        };
+        let key = (Arc::clone(&env.source), env.update.prefix.clone());
+        let Some(store) = stores.get_mut(&key) else {
+            warn!(source = %env.source, prefix = %env.update.prefix, "update for a prefix nobody watches; ignored");
+            continue;
+        };
+        store.apply(env);
+    }
+}
+
+impl Store {
+    fn apply(&mut self, env: Envelope) {
+        let Envelope {
+            source,
+            received,
+            update,
+        } = env;
+        let diff = match self.snapshot.apply(update.version, update.change) {
+            Ok(d) => d,
+            Err(Rejected::Stale { have, got }) => {
+                debug!(source = %source, prefix = %update.prefix, have, got, "ignored an update older than the snapshot");
+                return;
+            }
+        };
+        let first = !self.delivered;
+        if diff.is_empty() && !first {
+            return;
+        }
+        self.delivered = true;
+        debug!(source = %source, prefix = %update.prefix, version = update.version, changed = diff.len(), "snapshot changed");
+        for sub in &self.subs {
+            let touched = first
+                || sub.prefix.is_empty()
+                || diff.keys().any(|k| k.starts_with(sub.prefix.as_str()));
+            if !touched {
+                continue;
+            }
+            let entries = if sub.prefix == update.prefix {
+                Arc::clone(&self.snapshot.entries)
+            } else {
+                Arc::new(
+                    self.snapshot
+                        .entries
+                        .range(sub.prefix.clone()..)
+                        .take_while(|(k, _)| k.starts_with(sub.prefix.as_str()))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                )
+            };
+            let view = View {
+                source: Arc::clone(&source),
+                prefix: sub.prefix.clone(),
+                version: self.snapshot.version,
+                entries,
+                received,
+            };
+            sub.tx.send_replace(Some(view));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{Change, Update};
+    use crate::source::{BoxFuture, SourceError};
+    use bytes::Bytes;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// A source that replays scripted updates and records which prefixes it was asked to watch.
+    struct Scripted {
+        updates: Vec<Update>,
+        asked: Arc<Mutex<Vec<Vec<String>>>>,
+    }
+
+    impl Source for Scripted {
+        fn kind(&self) -> &'static str {
+            "scripted"
+        }
+        fn run(
+            self: Box<Self>,
+            prefixes: Vec<String>,
+            sink: UpdateSink,
+            cancel: CancellationToken,
+        ) -> BoxFuture<Result<(), SourceError>> {
+            Box::pin(async move {
+                self.asked.lock().unwrap().push(prefixes);
+                for u in self.updates {
+                    sink.send(u).await.ok();
+                }
+                cancel.cancelled().await;
+                Ok(())
+            })
+        }
+    }
+
+    fn full(prefix: &str, version: u64, kv: &[(&str, &str)]) -> Update {
+        Update {
+            prefix: prefix.into(),
+            version,
+            change: Change::Full {
+                entries: kv
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), Bytes::from(v.to_string())))
+                    .collect(),
+                resync: false,
+            },
+        }
+    }
+
+    async fn wait_for(sub: &mut Subscription, version: u64) -> View {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(v) = sub.take() {
+                    if v.version >= version {
+                        return v;
+                    }
+                }
+                sub.rx.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("view arrives")
+    }
+
+    #[tokio::test]
+    async fn one_watch_serves_nested_prefixes() {
+        let asked = Arc::default();
+        let updates = vec![
+            full("config/", 1, &[("config/app/a", "1"), ("config/db/b", "2")]),
+            full("config/", 2, &[("config/app/a", "1"), ("config/db/b", "3")]),
+        ];
+        let mut b = EngineBuilder::new();
+        b.add_source(
+            "main",
+            Box::new(Scripted {
+                updates,
+                asked: Arc::clone(&asked),
+            }),
+            Arc::default(),
+        );
+        let mut app = b.subscribe("main", "config/app/").unwrap();
+        let mut all = b.subscribe("main", "config/").unwrap();
+        let mut app2 = b.subscribe("main", "config/app/").unwrap();
+        assert!(b.subscribe("nope", "x").is_err());
+        let cancel = CancellationToken::new();
+        let engine = b.start(cancel.clone());
+
+        let v = wait_for(&mut all, 2).await;
+        assert_eq!(v.entries.get("config/db/b").unwrap(), "3");
+        let v = wait_for(&mut app, 1).await;
+        assert_eq!(
+            v.relative().map(|(k, _)| k.to_string()).collect::<Vec<_>>(),
+            vec!["a"]
+        );
+        // The change at version 2 touched only config/db/: the app view was not republished.
+        assert_eq!(v.version, 1);
+        assert!(!app.has_changed());
+        assert_eq!(wait_for(&mut app2, 1).await.version, 1);
+        assert_eq!(*asked.lock().unwrap(), vec![vec!["config/".to_string()]]);
+        cancel.cancel();
+        engine.wait().await;
+    }
+
+    #[tokio::test]
+    async fn empty_first_snapshot_is_published() {
+        let mut b = EngineBuilder::new();
+        b.add_source(
+            "s",
+            Box::new(Scripted {
+                updates: vec![full("p/", 7, &[])],
+                asked: Arc::default(),
+            }),
+            Arc::default(),
+        );
+        let mut sub = b.subscribe("s", "p/").unwrap();
+        let cancel = CancellationToken::new();
+        let engine = b.start(cancel.clone());
+        let v = wait_for(&mut sub, 7).await;
+        assert!(v.entries.is_empty());
+        cancel.cancel();
+        engine.wait().await;
+    }
+}

@@ -1,0 +1,1 @@
+//! Test support for kvsync integration tests.
