@@ -97,54 +97,25 @@ impl EngineBuilder {
 
     /// Registers a source under its configured name. `stats` is where it counts its work.
     pub fn add_source(&mut self, name: &str, source: Box<dyn Source>, stats: Arc<SourceStats>) {
-        self.sources.insert(
-            name.to_string(),
-            SourceEntry {
-                source,
-                stats,
-                requested: Vec::new(),
-            },
-        );
+        self.sources.insert(name.to_string(), SourceEntry { source, stats, requested: Vec::new() });
     }
 
     /// Asks for the keys under `prefix` of source `source`.
     pub fn subscribe(&mut self, source: &str, prefix: &str) -> Result<Subscription, EngineError> {
-        let entry = self
-            .sources
-            .get_mut(source)
-            .ok_or_else(|| EngineError::UnknownSource(source.to_string()))?;
+        let entry = self.sources.get_mut(source).ok_or_else(|| EngineError::UnknownSource(source.to_string()))?;
         entry.requested.push(prefix.to_string());
         // Subscribers of the same (source, prefix) share one channel.
-        if let Some(sub) = self
-            .subs
-            .iter()
-            .find(|s| &*s.source == source && s.prefix == prefix)
-        {
-            return Ok(Subscription {
-                source: source.to_string(),
-                prefix: prefix.to_string(),
-                rx: sub.tx.subscribe(),
-            });
+        if let Some(sub) = self.subs.iter().find(|s| &*s.source == source && s.prefix == prefix) {
+            return Ok(Subscription { source: source.to_string(), prefix: prefix.to_string(), rx: sub.tx.subscribe() });
         }
         let (tx, rx) = watch::channel(None);
-        self.subs.push(SubEntry {
-            source: source.into(),
-            prefix: prefix.to_string(),
-            tx,
-        });
-        Ok(Subscription {
-            source: source.to_string(),
-            prefix: prefix.to_string(),
-            rx,
-        })
+        self.subs.push(SubEntry { source: source.into(), prefix: prefix.to_string(), tx });
+        Ok(Subscription { source: source.to_string(), prefix: prefix.to_string(), rx })
     }
 
     /// The prefixes each source will really watch (narrower requests folded into wider ones).
     pub fn watched(&self) -> BTreeMap<String, Vec<String>> {
-        self.sources
-            .iter()
-            .map(|(n, e)| (n.clone(), prefix::widest(e.requested.iter().cloned())))
-            .collect()
+        self.sources.iter().map(|(n, e)| (n.clone(), prefix::widest(e.requested.iter().cloned()))).collect()
     }
 
     /// Starts one task per source that has subscribers and the engine loop. Everything stops when
@@ -239,11 +210,7 @@ async fn run_loop(
 
 impl Store {
     fn apply(&mut self, env: Envelope) {
-        let Envelope {
-            source,
-            received,
-            update,
-        } = env;
+        let Envelope { source, received, update } = env;
         let diff = match self.snapshot.apply(update.version, update.change) {
             Ok(d) => d,
             Err(Rejected::Stale { have, got }) => {
@@ -258,9 +225,7 @@ impl Store {
         self.delivered = true;
         debug!(source = %source, prefix = %update.prefix, version = update.version, changed = diff.len(), "snapshot changed");
         for sub in &self.subs {
-            let touched = first
-                || sub.prefix.is_empty()
-                || diff.keys().any(|k| k.starts_with(sub.prefix.as_str()));
+            let touched = first || sub.prefix.is_empty() || diff.keys().any(|k| k.starts_with(sub.prefix.as_str()));
             if !touched {
                 continue;
             }
@@ -329,10 +294,7 @@ mod tests {
             prefix: prefix.into(),
             version,
             change: Change::Full {
-                entries: kv
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), Bytes::from(v.to_string())))
-                    .collect(),
+                entries: kv.iter().map(|(k, v)| (k.to_string(), Bytes::from(v.to_string()))).collect(),
                 resync: false,
             },
         }
@@ -361,14 +323,7 @@ mod tests {
             full("config/", 2, &[("config/app/a", "1"), ("config/db/b", "3")]),
         ];
         let mut b = EngineBuilder::new();
-        b.add_source(
-            "main",
-            Box::new(Scripted {
-                updates,
-                asked: Arc::clone(&asked),
-            }),
-            Arc::default(),
-        );
+        b.add_source("main", Box::new(Scripted { updates, asked: Arc::clone(&asked) }), Arc::default());
         let mut app = b.subscribe("main", "config/app/").unwrap();
         let mut all = b.subscribe("main", "config/").unwrap();
         let mut app2 = b.subscribe("main", "config/app/").unwrap();
@@ -379,10 +334,7 @@ mod tests {
         let v = wait_for(&mut all, 2).await;
         assert_eq!(v.entries.get("config/db/b").unwrap(), "3");
         let v = wait_for(&mut app, 1).await;
-        assert_eq!(
-            v.relative().map(|(k, _)| k.to_string()).collect::<Vec<_>>(),
-            vec!["a"]
-        );
+        assert_eq!(v.relative().map(|(k, _)| k.to_string()).collect::<Vec<_>>(), vec!["a"]);
         // The change at version 2 touched only config/db/: the app view was not republished.
         assert_eq!(v.version, 1);
         assert!(!app.has_changed());
@@ -397,10 +349,7 @@ mod tests {
         let mut b = EngineBuilder::new();
         b.add_source(
             "s",
-            Box::new(Scripted {
-                updates: vec![full("p/", 7, &[])],
-                asked: Arc::default(),
-            }),
+            Box::new(Scripted { updates: vec![full("p/", 7, &[])], asked: Arc::default() }),
             Arc::default(),
         );
         let mut sub = b.subscribe("s", "p/").unwrap();

@@ -71,9 +71,7 @@ impl FileSource {
                         info!(source = sink.name(), path = %self.root.display(), "watching directory");
                         watcher = Some(w);
                     }
-                    Err(e) => {
-                        self.fail(&sink, format!("cannot watch {}: {e}", self.root.display()))
-                    }
+                    Err(e) => self.fail(&sink, format!("cannot watch {}: {e}", self.root.display())),
                 }
             }
             sink.stats().request();
@@ -96,14 +94,8 @@ impl FileSource {
                         }
                         last.insert(p.clone(), h);
                         sink.stats().changed();
-                        let update = Update {
-                            prefix: p.clone(),
-                            version,
-                            change: Change::Full {
-                                entries: sub,
-                                resync: false,
-                            },
-                        };
+                        let update =
+                            Update { prefix: p.clone(), version, change: Change::Full { entries: sub, resync: false } };
                         if sink.send(update).await.is_err() {
                             return Ok(());
                         }
@@ -129,10 +121,7 @@ impl FileSource {
                     }
                 }
                 Err(join) => {
-                    return Err(SourceError::Config(format!(
-                        "reading {} panicked: {join}",
-                        self.root.display()
-                    )))
+                    return Err(SourceError::Config(format!("reading {} panicked: {join}", self.root.display())))
                 }
             };
             tokio::select! {
@@ -187,8 +176,7 @@ pub fn jittered(interval: Duration) -> Duration {
 /// Reads every regular file under `root` (following symlinks, skipping `..`-prefixed names) as
 /// key -> content, keys being `/`-joined relative paths.
 pub fn read_tree(root: &Path, max_value_bytes: usize) -> Result<Entries, String> {
-    let meta =
-        std::fs::metadata(root).map_err(|e| format!("cannot read {}: {e}", root.display()))?;
+    let meta = std::fs::metadata(root).map_err(|e| format!("cannot read {}: {e}", root.display()))?;
     if !meta.is_dir() {
         return Err(format!("{} is not a directory", root.display()));
     }
@@ -199,10 +187,7 @@ pub fn read_tree(root: &Path, max_value_bytes: usize) -> Result<Entries, String>
 
 fn walk(dir: &Path, rel: &str, depth: usize, max: usize, out: &mut Entries) -> Result<(), String> {
     if depth > MAX_DEPTH {
-        return Err(format!(
-            "{}: directories nested deeper than {MAX_DEPTH} (a symlink loop?)",
-            dir.display()
-        ));
+        return Err(format!("{}: directories nested deeper than {MAX_DEPTH} (a symlink loop?)", dir.display()));
     }
     let rd = std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
     for ent in rd {
@@ -227,11 +212,7 @@ fn walk(dir: &Path, rel: &str, depth: usize, max: usize, out: &mut Entries) -> R
             walk(&path, &format!("{key}/"), depth + 1, max, out)?;
         } else if meta.is_file() {
             if meta.len() as usize > max {
-                return Err(format!(
-                    "{} is {} bytes, over the {max}-byte value limit",
-                    path.display(),
-                    meta.len()
-                ));
+                return Err(format!("{} is {} bytes, over the {max}-byte value limit", path.display(), meta.len()));
             }
             match std::fs::read(&path) {
                 Ok(data) => {
@@ -296,10 +277,7 @@ mod tests {
         let (sink, mut rx) = UpdateSink::channel("f", 16);
         let cancel = CancellationToken::new();
         let task = tokio::spawn(Box::new(src).run(vec!["app/".into()], sink, cancel.clone()));
-        let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
         match first.change {
             Change::Full { entries, .. } => assert_eq!(entries["app/x"], "1"),
             _ => panic!("expected a full snapshot"),
@@ -328,9 +306,7 @@ mod tests {
         fs::write(d.path().join("k"), "v").unwrap();
         let src = FileSource {
             root: d.path().to_path_buf(),
-            mode: Mode::Poll {
-                interval: Duration::from_millis(20),
-            },
+            mode: Mode::Poll { interval: Duration::from_millis(20) },
             max_value_bytes: 1 << 20,
             backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(100), None),
         };
@@ -342,15 +318,9 @@ mod tests {
         // Several polls of identical content: no further update.
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert!(stats.requests.load(std::sync::atomic::Ordering::Relaxed) >= 3);
-        assert!(
-            rx.try_recv().is_none(),
-            "identical content must not be reported"
-        );
+        assert!(rx.try_recv().is_none(), "identical content must not be reported");
         fs::write(d.path().join("k"), "w").unwrap();
-        let u = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let u = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
         match u.change {
             Change::Full { entries, .. } => assert_eq!(entries["k"], "w"),
             _ => panic!(),

@@ -34,13 +34,7 @@ mod tests {
     #[test]
     fn narrower_prefixes_fold_into_wider() {
         assert_eq!(
-            widest(s(&[
-                "config/app/",
-                "config/",
-                "other/",
-                "config/app/",
-                "config/db/"
-            ])),
+            widest(s(&["config/app/", "config/", "other/", "config/app/", "config/db/"])),
             s(&["config/", "other/"])
         );
         assert_eq!(widest(s(&["a/", ""])), s(&[""]));

@@ -16,12 +16,7 @@ pub struct Backoff {
 impl Backoff {
     pub fn new(initial: Duration, max: Duration, attempts: Option<u32>) -> Self {
         let initial = initial.max(Duration::from_millis(1));
-        Backoff {
-            initial,
-            max: max.max(initial),
-            attempts,
-            failures: 0,
-        }
+        Backoff { initial, max: max.max(initial), attempts, failures: 0 }
     }
 
     /// Records a failure and returns how long to wait before the next try, or None when the
@@ -32,14 +27,9 @@ impl Backoff {
         }
         let exp = self.failures.min(32);
         self.failures = self.failures.saturating_add(1);
-        let base = self
-            .initial
-            .saturating_mul(1u32 << exp.min(31))
-            .min(self.max);
+        let base = self.initial.saturating_mul(1u32 << exp.min(31)).min(self.max);
         let half = base / 2;
-        let jitter = Duration::from_nanos(fastrand::u64(
-            0..=half.as_nanos().min(u64::MAX as u128) as u64,
-        ));
+        let jitter = Duration::from_nanos(fastrand::u64(0..=half.as_nanos().min(u64::MAX as u128) as u64));
         Some(half + jitter)
     }
 
@@ -66,18 +56,12 @@ mod tests {
     fn grows_to_max_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1), None);
         let d1 = b.next_delay().unwrap();
-        assert!(
-            d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100),
-            "{d1:?}"
-        );
+        assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100), "{d1:?}");
         for _ in 0..10 {
             b.next_delay();
         }
         let d = b.next_delay().unwrap();
-        assert!(
-            d >= Duration::from_millis(500) && d <= Duration::from_secs(1),
-            "{d:?}"
-        );
+        assert!(d >= Duration::from_millis(500) && d <= Duration::from_secs(1), "{d:?}");
         b.reset();
         assert!(b.next_delay().unwrap() <= Duration::from_millis(100));
     }

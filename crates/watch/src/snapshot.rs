@@ -54,11 +54,7 @@ impl Diff {
 
     /// Every changed key, in no particular order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.added
-            .iter()
-            .chain(&self.modified)
-            .chain(&self.removed)
-            .map(String::as_str)
+        self.added.iter().chain(&self.modified).chain(&self.removed).map(String::as_str)
     }
 
     /// The difference between two full states.
@@ -93,10 +89,7 @@ impl Snapshot {
     pub fn apply(&mut self, version: u64, change: Change) -> Result<Diff, Rejected> {
         let resync = matches!(change, Change::Full { resync: true, .. });
         if version < self.version && !resync {
-            return Err(Rejected::Stale {
-                have: self.version,
-                got: version,
-            });
+            return Err(Rejected::Stale { have: self.version, got: version });
         }
         let diff = match change {
             Change::Full { entries, .. } => {
@@ -146,46 +139,22 @@ mod tests {
     use super::*;
 
     fn entries(kv: &[(&str, &str)]) -> Entries {
-        kv.iter()
-            .map(|(k, v)| (k.to_string(), Bytes::from(v.to_string())))
-            .collect()
+        kv.iter().map(|(k, v)| (k.to_string(), Bytes::from(v.to_string()))).collect()
     }
 
     #[test]
     fn full_update_diffs_against_previous() {
         let mut s = Snapshot::default();
-        let d = s
-            .apply(
-                5,
-                Change::Full {
-                    entries: entries(&[("a", "1"), ("b", "2")]),
-                    resync: false,
-                },
-            )
-            .unwrap();
+        let d = s.apply(5, Change::Full { entries: entries(&[("a", "1"), ("b", "2")]), resync: false }).unwrap();
         assert_eq!(d.added, vec!["a", "b"]);
         let d = s
-            .apply(
-                6,
-                Change::Full {
-                    entries: entries(&[("a", "1"), ("b", "3"), ("c", "4")]),
-                    resync: false,
-                },
-            )
+            .apply(6, Change::Full { entries: entries(&[("a", "1"), ("b", "3"), ("c", "4")]), resync: false })
             .unwrap();
         assert_eq!(
             (d.added.clone(), d.modified.clone(), d.removed.clone()),
             (vec!["c".to_string()], vec!["b".to_string()], vec![])
         );
-        let d = s
-            .apply(
-                7,
-                Change::Full {
-                    entries: entries(&[("c", "4")]),
-                    resync: false,
-                },
-            )
-            .unwrap();
+        let d = s.apply(7, Change::Full { entries: entries(&[("c", "4")]), resync: false }).unwrap();
         assert_eq!(d.removed, vec!["a", "b"]);
         assert_eq!(s.version, 7);
     }
@@ -193,38 +162,12 @@ mod tests {
     #[test]
     fn identical_content_is_an_empty_diff() {
         let mut s = Snapshot::default();
-        s.apply(
-            1,
-            Change::Full {
-                entries: entries(&[("a", "1")]),
-                resync: false,
-            },
-        )
-        .unwrap();
+        s.apply(1, Change::Full { entries: entries(&[("a", "1")]), resync: false }).unwrap();
         let before = Arc::clone(&s.entries);
-        let d = s
-            .apply(
-                2,
-                Change::Full {
-                    entries: entries(&[("a", "1")]),
-                    resync: false,
-                },
-            )
-            .unwrap();
+        let d = s.apply(2, Change::Full { entries: entries(&[("a", "1")]), resync: false }).unwrap();
         assert!(d.is_empty());
-        assert!(
-            Arc::ptr_eq(&before, &s.entries),
-            "an empty diff must not replace the map"
-        );
-        let d = s
-            .apply(
-                3,
-                Change::Delta(vec![
-                    ("a".into(), Some(Bytes::from("1"))),
-                    ("zz".into(), None),
-                ]),
-            )
-            .unwrap();
+        assert!(Arc::ptr_eq(&before, &s.entries), "an empty diff must not replace the map");
+        let d = s.apply(3, Change::Delta(vec![("a".into(), Some(Bytes::from("1"))), ("zz".into(), None)])).unwrap();
         assert!(d.is_empty());
         assert!(Arc::ptr_eq(&before, &s.entries));
     }
@@ -232,29 +175,11 @@ mod tests {
     #[test]
     fn version_never_goes_backwards_without_resync() {
         let mut s = Snapshot::default();
-        s.apply(
-            10,
-            Change::Full {
-                entries: entries(&[("a", "1")]),
-                resync: false,
-            },
-        )
-        .unwrap();
-        let r = s.apply(
-            9,
-            Change::Delta(vec![("a".into(), Some(Bytes::from("old")))]),
-        );
+        s.apply(10, Change::Full { entries: entries(&[("a", "1")]), resync: false }).unwrap();
+        let r = s.apply(9, Change::Delta(vec![("a".into(), Some(Bytes::from("old")))]));
         assert_eq!(r, Err(Rejected::Stale { have: 10, got: 9 }));
         assert_eq!(s.entries.get("a").unwrap(), "1");
-        let d = s
-            .apply(
-                3,
-                Change::Full {
-                    entries: entries(&[("b", "2")]),
-                    resync: true,
-                },
-            )
-            .unwrap();
+        let d = s.apply(3, Change::Full { entries: entries(&[("b", "2")]), resync: true }).unwrap();
         assert_eq!(d.removed, vec!["a"]);
         assert_eq!(s.version, 3);
     }
@@ -262,14 +187,7 @@ mod tests {
     #[test]
     fn deltas_apply_puts_and_deletes() {
         let mut s = Snapshot::default();
-        s.apply(
-            1,
-            Change::Full {
-                entries: entries(&[("a", "1"), ("b", "2")]),
-                resync: false,
-            },
-        )
-        .unwrap();
+        s.apply(1, Change::Full { entries: entries(&[("a", "1"), ("b", "2")]), resync: false }).unwrap();
         let d = s
             .apply(
                 2,

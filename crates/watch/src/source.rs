@@ -86,31 +86,20 @@ pub struct UpdateSink {
 pub struct Closed;
 
 impl UpdateSink {
-    pub(crate) fn new(
-        source: Arc<str>,
-        tx: mpsc::Sender<Envelope>,
-        stats: Arc<SourceStats>,
-    ) -> Self {
+    pub(crate) fn new(source: Arc<str>, tx: mpsc::Sender<Envelope>, stats: Arc<SourceStats>) -> Self {
         UpdateSink { source, tx, stats }
     }
 
     /// A sink whose updates arrive on the returned receiver; for testing a source on its own.
     pub fn channel(source: &str, capacity: usize) -> (UpdateSink, SinkReceiver) {
         let (tx, rx) = mpsc::channel(capacity);
-        (
-            UpdateSink::new(source.into(), tx, Arc::default()),
-            SinkReceiver { rx },
-        )
+        (UpdateSink::new(source.into(), tx, Arc::default()), SinkReceiver { rx })
     }
 
     /// Delivers an update (waits when the engine is behind).
     pub async fn send(&self, update: Update) -> Result<(), Closed> {
         self.stats.ok(update.version);
-        let env = Envelope {
-            source: Arc::clone(&self.source),
-            received: Instant::now(),
-            update,
-        };
+        let env = Envelope { source: Arc::clone(&self.source), received: Instant::now(), update };
         self.tx.send(env).await.map_err(|_| Closed)
     }
 

@@ -53,8 +53,7 @@ impl SourceStats {
             ErrorKind::Other => &self.errors_other,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((SystemTime::now(), message.into()));
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((SystemTime::now(), message.into()));
     }
 
     pub fn changed(&self) {
