@@ -59,9 +59,14 @@ impl Subscription {
         self.rx.borrow_and_update().clone()
     }
 
-    /// Whether a view newer than the last `take` is waiting.
+    /// Whether a view was published since the last `take` or `mark_seen`.
     pub fn has_changed(&self) -> bool {
         self.rx.has_changed().unwrap_or(false)
+    }
+
+    /// Notes that the current view was seen, without taking it.
+    pub fn mark_seen(&mut self) {
+        self.rx.mark_unchanged();
     }
 }
 
@@ -84,15 +89,27 @@ struct SubEntry {
 }
 
 /// Collects sources and subscriptions, then starts everything.
-#[derive(Default)]
 pub struct EngineBuilder {
     sources: BTreeMap<String, SourceEntry>,
     subs: Vec<SubEntry>,
+    /// Bumped after every publish, so a consumer of many subscriptions can wait on one channel.
+    bell: watch::Sender<u64>,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        EngineBuilder { sources: BTreeMap::new(), subs: Vec::new(), bell: watch::channel(0).0 }
+    }
 }
 
 impl EngineBuilder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A channel that changes whenever any subscription receives a new view.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.bell.subscribe()
     }
 
     /// Registers a source under its configured name. `stats` is where it counts its work.
@@ -132,7 +149,13 @@ impl EngineBuilder {
             }
             let name: Arc<str> = name.into();
             for p in &prefixes {
-                stores.insert((Arc::clone(&name), p.clone()), Store::default());
+                let store = Store {
+                    snapshot: Snapshot::default(),
+                    delivered: false,
+                    subs: Vec::new(),
+                    bell: self.bell.clone(),
+                };
+                stores.insert((Arc::clone(&name), p.clone()), store);
             }
             let sink = UpdateSink::new(Arc::clone(&name), tx.clone(), entry.stats);
             let kind = entry.source.kind();
@@ -179,12 +202,12 @@ impl Engine {
 }
 
 /// One watched prefix: its snapshot and the subscribers it serves.
-#[derive(Default)]
 struct Store {
     snapshot: Snapshot,
     /// Whether the first snapshot has been published.
     delivered: bool,
     subs: Vec<SubEntry>,
+    bell: watch::Sender<u64>,
 }
 
 async fn run_loop(
@@ -250,6 +273,7 @@ impl Store {
             };
             sub.tx.send_replace(Some(view));
         }
+        self.bell.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 

@@ -1,0 +1,146 @@
+//! Output formats: how the keys under a prefix become bytes (or, for `files`, a set of files).
+//!
+//! Every function here is pure: keys relative to the output's prefix (folder markers already
+//! removed) in, bytes or an error naming the offending key out.
+
+pub mod env;
+pub mod files;
+pub mod nest;
+pub mod properties;
+
+use std::collections::BTreeMap;
+
+use crate::config::Format;
+use crate::template::InputData;
+
+/// What a render produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rendered {
+    /// The whole content of one file.
+    File(Vec<u8>),
+    /// Files by relative path (validated: no escape, no conflicts), for `format: files`.
+    Tree(BTreeMap<String, bytes::Bytes>),
+}
+
+impl Rendered {
+    /// The total number of bytes rendered.
+    pub fn size(&self) -> u64 {
+        match self {
+            Rendered::File(b) => b.len() as u64,
+            Rendered::Tree(t) => t.values().map(|v| v.len() as u64).sum(),
+        }
+    }
+}
+
+/// Renders `inputs` in `format`. `single` tells templates whether the output had one input.
+pub fn render(format: &Format, inputs: &[InputData<'_>], single: bool) -> Result<Rendered, String> {
+    let first = || inputs.first().expect("every output has an input");
+    match format {
+        Format::Template(t) => t.render(inputs, single).map(|s| Rendered::File(s.into_bytes())),
+        Format::Json => {
+            let tree = nest::build(&first().kv)?;
+            let v = json_value(&tree)?;
+            let mut out = serde_json::to_vec_pretty(&v).map_err(|e| e.to_string())?;
+            out.push(b'\n');
+            Ok(Rendered::File(out))
+        }
+        Format::Yaml => {
+            let tree = nest::build(&first().kv)?;
+            let v = json_value(&tree)?;
+            let s = if first().kv.is_empty() {
+                "{}\n".to_string()
+            } else {
+                serde_yaml::to_string(&v).map_err(|e| e.to_string())?
+            };
+            Ok(Rendered::File(s.into_bytes()))
+        }
+        Format::Env { upcase } => env::render(&first().kv, *upcase).map(Rendered::File),
+        Format::Properties => properties::render(&first().kv).map(Rendered::File),
+        Format::Files => files::layout(&first().kv).map(Rendered::Tree),
+        Format::Raw { key } => {
+            // The raw output's prefix is the key itself, so the key is the empty relative key.
+            let v =
+                first().kv.get("").ok_or_else(|| format!("key `{key}` does not exist in source {}", first().origin))?;
+            Ok(Rendered::File(v.to_vec()))
+        }
+    }
+}
+
+fn json_value(tree: &BTreeMap<&str, nest::Node<'_>>) -> Result<serde_json::Value, String> {
+    fn walk(path: &str, n: &nest::Node<'_>) -> Result<serde_json::Value, String> {
+        match n {
+            nest::Node::Leaf(v) => {
+                std::str::from_utf8(v).map(|s| serde_json::Value::String(s.to_string())).map_err(|_| {
+                    format!("the value of key `{path}` is not UTF-8 text; use format files or raw for binary values")
+                })
+            }
+            nest::Node::Dir(d) => {
+                let mut m = serde_json::Map::with_capacity(d.len());
+                for (k, v) in d {
+                    let p = if path.is_empty() { k.to_string() } else { format!("{path}/{k}") };
+                    m.insert(k.to_string(), walk(&p, v)?);
+                }
+                Ok(serde_json::Value::Object(m))
+            }
+        }
+    }
+    walk("", &nest::Node::Dir(tree.iter().map(|(k, v)| (*k, clone_node(v))).collect()))
+}
+
+fn clone_node<'a>(n: &nest::Node<'a>) -> nest::Node<'a> {
+    match n {
+        nest::Node::Leaf(v) => nest::Node::Leaf(v),
+        nest::Node::Dir(d) => nest::Node::Dir(d.iter().map(|(k, v)| (*k, clone_node(v))).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input<'a>(kv: &'a [(&'a str, &'a [u8])]) -> Vec<InputData<'a>> {
+        vec![InputData { name: "o", origin: "s:p/".into(), kv: kv.iter().copied().collect() }]
+    }
+
+    fn text(r: Rendered) -> String {
+        match r {
+            Rendered::File(b) => String::from_utf8(b).unwrap(),
+            _ => panic!("expected a file"),
+        }
+    }
+
+    #[test]
+    fn json_nests_at_slashes() {
+        let kv = [("db/host", b"h".as_slice()), ("db/port", b"5432".as_slice()), ("name", b"app".as_slice())];
+        let out = text(render(&Format::Json, &input(&kv), true).unwrap());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v, serde_json::json!({"db": {"host": "h", "port": "5432"}, "name": "app"}));
+    }
+
+    #[test]
+    fn yaml_nests_and_round_trips() {
+        let kv = [("db/host", b"h: x".as_slice()), ("list", b"- 1".as_slice())];
+        let out = text(render(&Format::Yaml, &input(&kv), true).unwrap());
+        let v: serde_json::Value = serde_yaml::from_str(&out).unwrap();
+        assert_eq!(v, serde_json::json!({"db": {"host": "h: x"}, "list": "- 1"}));
+        assert_eq!(text(render(&Format::Yaml, &input(&[]), true).unwrap()), "{}\n");
+    }
+
+    #[test]
+    fn non_utf8_value_names_the_key() {
+        let kv = [("bin/blob", [0xff, 0xfe].as_slice())];
+        let err = render(&Format::Json, &input(&kv), true).unwrap_err();
+        assert!(err.contains("`bin/blob` is not UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn raw_writes_the_bytes_of_one_key() {
+        let kv = [("", [0u8, 1, 2, 0xff].as_slice())];
+        assert_eq!(
+            render(&Format::Raw { key: "k".into() }, &input(&kv), true).unwrap(),
+            Rendered::File(vec![0, 1, 2, 0xff])
+        );
+        let err = render(&Format::Raw { key: "k".into() }, &input(&[]), true).unwrap_err();
+        assert!(err.contains("does not exist"), "{err}");
+    }
+}

@@ -1,0 +1,32 @@
+//! Builds the configured sources.
+
+use std::sync::Arc;
+
+use kvsync_watch::{Source, SourceStats};
+
+use crate::config::{Config, SourceConfig, SourceKind};
+
+/// A configured source, built and ready to run, with the counters it keeps.
+pub struct BuiltSource {
+    pub name: String,
+    pub source: Box<dyn Source>,
+    pub stats: Arc<SourceStats>,
+}
+
+/// Builds one source from its configuration.
+pub fn build(cfg: &Config, s: &SourceConfig) -> Result<BuiltSource, String> {
+    let backoff = cfg.retry.backoff();
+    let max_value_bytes = usize::try_from(cfg.limits.max_value_size).unwrap_or(usize::MAX);
+    let source: Box<dyn Source> = match &s.kind {
+        SourceKind::File { path } => {
+            Box::new(kvsync_watch::file::FileSource { root: path.clone(), mode: s.mode, max_value_bytes, backoff })
+        }
+        SourceKind::Consul { .. } => {
+            return Err(format!("source `{}`: the consul source is not available in this build", s.name))
+        }
+        SourceKind::Etcd { .. } => {
+            return Err(format!("source `{}`: the etcd source is not available in this build", s.name))
+        }
+    };
+    Ok(BuiltSource { name: s.name.clone(), source, stats: Arc::default() })
+}
