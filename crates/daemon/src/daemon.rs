@@ -11,6 +11,7 @@ use crate::actions::{self, PassReport};
 use crate::config::Config;
 use crate::output::{Outcome, OutputRuntime, OutputStats};
 use crate::sources;
+use crate::state::{OutputState, Shared, SourceState};
 
 /// How often the daemon says what it is still waiting for before the first render.
 const PENDING_LOG_EVERY: Duration = Duration::from_secs(5);
@@ -59,8 +60,11 @@ impl OutputSlot {
 /// Runs the daemon until `cancel` fires (or, for `once`, until every output has rendered).
 pub async fn run(cfg: Arc<Config>, mode: RunMode, cancel: CancellationToken) -> Result<(), DaemonError> {
     let mut builder = EngineBuilder::new();
+    let mut shared = Shared::default();
     for s in &cfg.sources {
         let built = sources::build(&cfg, s).map_err(DaemonError::Setup)?;
+        let kind = built.source.kind();
+        shared.sources.push(SourceState { name: built.name.clone(), kind, stats: Arc::clone(&built.stats) });
         builder.add_source(&built.name, built.source, built.stats);
     }
     let mut slots = Vec::with_capacity(cfg.outputs.len());
@@ -69,8 +73,16 @@ pub async fn run(cfg: Arc<Config>, mode: RunMode, cancel: CancellationToken) -> 
         for i in &o.inputs {
             subs.push(builder.subscribe(&i.source, &i.prefix).map_err(|e| DaemonError::Setup(e.to_string()))?);
         }
-        slots.push(OutputSlot { subs, runtime: OutputRuntime::new(), stats: Arc::default(), dirty: None });
+        let stats: Arc<OutputStats> = Arc::default();
+        shared.outputs.push(OutputState {
+            name: o.name.clone(),
+            destination: o.destination.display().to_string(),
+            stats: Arc::clone(&stats),
+        });
+        slots.push(OutputSlot { subs, runtime: OutputRuntime::new(), stats, dirty: None });
     }
+    let shared = Arc::new(shared);
+    shared.set_pending(pending_inputs(&cfg, &slots));
     let mut bell = builder.changes();
     let engine_cancel = cancel.child_token();
     let engine = builder.start(engine_cancel.clone());
@@ -128,6 +140,7 @@ pub async fn run(cfg: Arc<Config>, mode: RunMode, cancel: CancellationToken) -> 
             }
             if !all_rendered_logged && slots.iter().all(|s| s.runtime.rendered) {
                 all_rendered_logged = true;
+                shared.set_ready();
                 info!(elapsed_ms = started.elapsed().as_millis() as u64, "every output has rendered");
                 if matches!(mode, RunMode::Once { .. }) {
                     break Ok(());
@@ -149,6 +162,7 @@ pub async fn run(cfg: Arc<Config>, mode: RunMode, cancel: CancellationToken) -> 
             // Still waiting for first data: say exactly what for.
             _ = pending_log.tick() => {
                 let pending = pending_inputs(&cfg, &slots);
+                shared.set_pending(pending.clone());
                 if !pending.is_empty() {
                     warn!("waiting for the first data of: {}", pending.join("; "));
                 }

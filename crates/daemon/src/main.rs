@@ -10,6 +10,7 @@ mod format;
 mod output;
 mod process;
 mod sources;
+mod state;
 mod template;
 
 use std::path::PathBuf;
