@@ -1,1 +1,6 @@
-//! Test support for kvsync integration tests.
+//! Test support for kvsync's integration tests: the real `kvsync` binary as a child process, and
+//! bounded waiting helpers. Backend fakes and launchers live in their own modules.
+#![forbid(unsafe_code)]
+
+pub mod kvsync;
+pub mod wait;
