@@ -148,6 +148,26 @@ pub fn clean_stray_temp_files(dest: &Path) {
     }
 }
 
+/// Whether a `..`-name in a `files` destination is ours to clean up: a generation directory
+/// (`..2026_...`), or a link left by an interrupted swap.
+fn is_generation_debris(name: &str) -> bool {
+    let rest = name.strip_prefix("..").unwrap_or("");
+    rest.starts_with(|c: char| c.is_ascii_digit()) || name == DATA_TMP || name.ends_with(".kvsync-link")
+}
+
+/// Removes generations that `..data` does not point at and links an interrupted run left behind.
+pub fn clean_stray_generations(dest: &Path) {
+    let current = current_generation(dest);
+    let Ok(rd) = fs::read_dir(dest) else { return };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if is_generation_debris(&n) && Some(&n) != current.as_ref() {
+            let p = e.path();
+            let _ = if p.is_dir() && !p.is_symlink() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+        }
+    }
+}
+
 /// A `files` generation being prepared: a fresh `..<timestamp>` directory holding every file.
 #[derive(Debug)]
 pub struct Generation {
@@ -398,6 +418,25 @@ mod tests {
         commit_generation(g).unwrap();
         assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
         assert_eq!(fs::read_to_string(dest.join("a.conf")).unwrap(), "new");
+    }
+
+    #[test]
+    fn stray_generations_are_cleaned() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("out");
+        let g = stage_generation(&dest, &tree(&[("a", "1")]), None, 0o644).unwrap();
+        let current = g.path();
+        commit_generation(g).unwrap();
+        fs::create_dir(dest.join("..2020_01_01_00_00_00.000000000abcd")).unwrap();
+        std::os::unix::fs::symlink("..nowhere", dest.join(DATA_TMP)).unwrap();
+        clean_stray_generations(&dest);
+        let mut names: Vec<String> =
+            fs::read_dir(&dest).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        let mut want =
+            vec![DATA.to_string(), current.file_name().unwrap().to_string_lossy().into_owned(), "a".to_string()];
+        want.sort();
+        assert_eq!(names, want);
     }
 
     #[test]

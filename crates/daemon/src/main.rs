@@ -9,6 +9,8 @@ mod daemon;
 mod format;
 mod output;
 mod process;
+#[cfg(test)]
+mod proptests;
 mod sources;
 mod state;
 mod template;

@@ -132,6 +132,10 @@ impl OutputRuntime {
 
     fn commit_file(&mut self, cfg: &OutputConfig, bytes: Vec<u8>) -> Result<Outcome, String> {
         let dest = &cfg.destination;
+        if self.last.is_none() {
+            // First render since start: remove what an interrupted run may have left.
+            commit::clean_stray_temp_files(dest);
+        }
         let hash: [u8; 32] = Sha256::digest(&bytes).into();
         let same = match &self.last {
             Some(Last::File(h)) => *h == hash,
@@ -143,9 +147,6 @@ impl OutputRuntime {
             return Ok(Outcome::Unchanged);
         }
         commit::check_parent(dest)?;
-        if self.last.is_none() {
-            commit::clean_stray_temp_files(dest);
-        }
         let mode = commit::target_mode(dest, cfg.perms);
         let staged = commit::stage_file(dest, &bytes, mode).map_err(|e| e.to_string())?;
         if let Some(check) = &cfg.check {
@@ -160,7 +161,11 @@ impl OutputRuntime {
         let dest = &cfg.destination;
         let previous = match self.last.take() {
             Some(Last::Tree(t)) => Some(t),
-            _ => on_disk_tree(dest),
+            _ => {
+                // First render since start: remove generations an interrupted run left half-made.
+                commit::clean_stray_generations(dest);
+                on_disk_tree(dest)
+            }
         };
         if previous.as_ref() == Some(&tree) && commit::current_generation(dest).is_some() {
             self.last = Some(Last::Tree(tree));
