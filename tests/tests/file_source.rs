@@ -398,3 +398,51 @@ fn quiescence_coalesces_a_burst() {
     let writes = d.log().matches("rendered and written").count() - writes_before;
     assert_eq!(writes, 1, "ten edits within the quiet period make one write; log:\n{}", d.log());
 }
+
+/// With `cache:` set, a start during an outage renders from the last-known-good snapshot; a corrupt
+/// cache is ignored with a warning, never trusted.
+#[test]
+fn cache_renders_through_an_outage_at_start() {
+    let s = Setup::new();
+    s.put("app/secret", "s3cr3t-value");
+    let cache = s.path("cache");
+    let cfg = s.config(&format!(
+        "cache: {{ dir: {}, max_age: 1h }}\nretry: {{ initial: 50ms, max: 200ms }}\noutputs:\n  - {{ name: app, source: local, prefix: app/, format: json, destination: {} }}\n",
+        cache.display(),
+        s.path("out/app.json").display()
+    ));
+    let (status, _, err) = kvsync::run(&["once", "--config", &cfg, "--timeout", "10s"], T);
+    assert!(status.success(), "{err}");
+    // The snapshot was persisted with mode 0600, and only there.
+    wait::until(T, "a cache file", || fs::read_dir(&cache).map(|d| d.count() == 1).unwrap_or(false));
+    let file = fs::read_dir(&cache).unwrap().next().unwrap().unwrap().path();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // The backend goes away and the output is lost: `once` still renders, from the cache.
+    fs::remove_dir_all(s.path("kv")).unwrap();
+    fs::remove_file(s.path("out/app.json")).unwrap();
+    let (status, _, err) = kvsync::run(&["once", "--config", &cfg, "--timeout", "10s"], T);
+    assert!(status.success(), "{err}");
+    assert!(err.contains("serving the cached snapshot"), "{err}");
+    assert!(err.contains("rendered from the last-known-good cache"), "{err}");
+    assert!(read(&s.path("out/app.json")).contains("s3cr3t-value"));
+    assert!(!err.contains("s3cr3t-value"), "values never reach the log");
+
+    // A corrupt cache file is refused with a warning; with no backend, `once` then times out.
+    let mut data = fs::read(&file).unwrap();
+    let n = data.len() - 40;
+    data[n] ^= 0x55;
+    fs::write(&file, data).unwrap();
+    fs::remove_file(s.path("out/app.json")).unwrap();
+    let (status, _, err) = kvsync::run(&["once", "--config", &cfg, "--timeout", "1s"], T);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("is corrupt (checksum mismatch); ignoring it"), "{err}");
+    assert!(!s.path("out/app.json").exists());
+
+    // The backend returns: the live snapshot replaces the cache and the output converges.
+    s.put("app/secret", "rotated");
+    let (status, _, err) = kvsync::run(&["once", "--config", &cfg, "--timeout", "10s"], T);
+    assert!(status.success(), "{err}");
+    assert!(read(&s.path("out/app.json")).contains("rotated"));
+}

@@ -60,6 +60,9 @@ impl OutputSlot {
 /// Runs the daemon until `cancel` fires (or, for `once`, until every output has rendered).
 pub async fn run(cfg: Arc<Config>, mode: RunMode, cancel: CancellationToken) -> Result<(), DaemonError> {
     let mut builder = EngineBuilder::new();
+    if let Some(c) = &cfg.cache {
+        builder.cache(kvsync_watch::Cache { dir: c.dir.clone(), max_age: c.max_age });
+    }
     let mut shared = Shared::default();
     for s in &cfg.sources {
         let built = sources::build(&cfg, s).map_err(DaemonError::Setup)?;
@@ -203,6 +206,17 @@ fn render_pass(
             let views: Vec<View> = slot.subs.iter().filter_map(|s| s.latest()).collect();
             let first = !slot.runtime.rendered;
             match slot.runtime.render_commit(o, &views, &cfg.limits, &slot.stats) {
+                Ok(outcome) if views.iter().any(|v| v.stale) => {
+                    let stale: Vec<&str> = views.iter().filter(|v| v.stale).map(|v| &*v.source).collect();
+                    warn!(output = %o.name, sources = ?stale, ?outcome,
+                        "rendered from the last-known-good cache: the backend has not answered since start");
+                    if outcome == Outcome::Written {
+                        report.written.push(i);
+                        if first {
+                            report.first.push(i);
+                        }
+                    }
+                }
                 Ok(Outcome::Written) => {
                     let latency = views.iter().map(|v| v.received.elapsed()).max().unwrap_or_default();
                     info!(output = %o.name, destination = %o.destination.display(), latency_us = latency.as_micros() as u64, "rendered and written");

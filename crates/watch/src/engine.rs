@@ -6,15 +6,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::cache::{Cache, Cached};
 use crate::prefix;
-use crate::snapshot::{Entries, Rejected, Snapshot};
+use crate::snapshot::{Change, Entries, Rejected, Snapshot};
 use crate::source::{Envelope, Source, UpdateSink};
 use crate::stats::SourceStats;
 
@@ -30,6 +31,8 @@ pub struct View {
     pub entries: Arc<Entries>,
     /// When the source received the change that produced this view (for change-to-disk latency).
     pub received: Instant,
+    /// The view comes from the last-known-good cache: the backend has not answered since start.
+    pub stale: bool,
 }
 
 impl View {
@@ -94,17 +97,24 @@ pub struct EngineBuilder {
     subs: Vec<SubEntry>,
     /// Bumped after every publish, so a consumer of many subscriptions can wait on one channel.
     bell: watch::Sender<u64>,
+    cache: Option<Cache>,
 }
 
 impl Default for EngineBuilder {
     fn default() -> Self {
-        EngineBuilder { sources: BTreeMap::new(), subs: Vec::new(), bell: watch::channel(0).0 }
+        EngineBuilder { sources: BTreeMap::new(), subs: Vec::new(), bell: watch::channel(0).0, cache: None }
     }
 }
 
 impl EngineBuilder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keeps every watched prefix's snapshot in `cache` after each change, and serves the cached one
+    /// (marked stale) when a source fails before its first snapshot.
+    pub fn cache(&mut self, cache: Cache) {
+        self.cache = Some(cache);
     }
 
     /// A channel that changes whenever any subscription receives a new view.
@@ -149,9 +159,21 @@ impl EngineBuilder {
             }
             let name: Arc<str> = name.into();
             for p in &prefixes {
+                let fallback = match self.cache.as_ref().map(|c| c.load(&name, p)) {
+                    Some(Ok(c)) => c,
+                    Some(Err(e)) => {
+                        warn!(source = %name, prefix = %p, "{e}");
+                        None
+                    }
+                    None => None,
+                };
                 let store = Store {
+                    prefix: p.clone(),
                     snapshot: Snapshot::default(),
                     delivered: false,
+                    stale: false,
+                    fallback,
+                    stats: Arc::clone(&entry.stats),
                     subs: Vec::new(),
                     bell: self.bell.clone(),
                 };
@@ -177,8 +199,13 @@ impl EngineBuilder {
                 .expect("every subscription has a covering watch");
             stores.get_mut(&key).expect("store exists").subs.push(sub);
         }
+        let saver = self.cache.map(|cache| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tasks.spawn(run_saver(cache, rx));
+            tx
+        });
         let loop_cancel = cancel.clone();
-        tasks.spawn(run_loop(rx, stores, loop_cancel));
+        tasks.spawn(run_loop(rx, stores, saver, loop_cancel));
         Engine { tasks }
     }
 }
@@ -203,56 +230,144 @@ impl Engine {
 
 /// One watched prefix: its snapshot and the subscribers it serves.
 struct Store {
+    /// The watched prefix.
+    prefix: String,
     snapshot: Snapshot,
     /// Whether the first snapshot has been published.
     delivered: bool,
+    /// The published snapshot came from the cache, not from the backend.
+    stale: bool,
+    /// A cached snapshot to serve if the source fails before delivering its first one.
+    fallback: Option<Cached>,
+    stats: Arc<SourceStats>,
     subs: Vec<SubEntry>,
     bell: watch::Sender<u64>,
 }
 
+/// A snapshot to persist: (source, prefix, version, entries).
+type SaveJob = (Arc<str>, String, u64, Arc<Entries>);
+
+/// How long a source may stay silent at start before its cached snapshot is served anyway.
+const FALLBACK_AFTER: Duration = Duration::from_secs(10);
+
 async fn run_loop(
     mut rx: mpsc::Receiver<Envelope>,
     mut stores: HashMap<(Arc<str>, String), Store>,
+    saver: Option<mpsc::UnboundedSender<SaveJob>>,
     cancel: CancellationToken,
 ) {
+    let started = Instant::now();
+    let mut fallback_check = tokio::time::interval(Duration::from_millis(50));
     loop {
+        let waiting_with_fallback = stores.values().any(|s| !s.delivered && s.fallback.is_some());
         let env = tokio::select! {
             // Shutdown: stop applying updates.
             _ = cancel.cancelled() => return,
             // An update from a source; None once every source has returned.
             env = rx.recv() => match env { Some(e) => e, None => return },
+            // A source failed before its first snapshot (or stayed silent too long): serve the cached one.
+            _ = fallback_check.tick(), if waiting_with_fallback => {
+                for ((source, prefix), store) in stores.iter_mut() {
+                    if !store.delivered && (store.stats.errors_total() > 0 || started.elapsed() > FALLBACK_AFTER) {
+                        if let Some(c) = store.fallback.take() {
+                            warn!(source = %source, prefix = %prefix, version = c.version, keys = c.entries.len(),
+                                "the backend has not answered; serving the cached snapshot until it does");
+                            store.serve_cached(source, c);
+                        }
+                    }
+                }
+                continue;
+            }
         };
         let key = (Arc::clone(&env.source), env.update.prefix.clone());
         let Some(store) = stores.get_mut(&key) else {
             warn!(source = %env.source, prefix = %env.update.prefix, "update for a prefix nobody watches; ignored");
             continue;
         };
-        store.apply(env);
+        if store.apply(env) {
+            if let Some(tx) = &saver {
+                let _ = tx.send((key.0, key.1, store.snapshot.version, Arc::clone(&store.snapshot.entries)));
+            }
+        }
+    }
+}
+
+/// Persists snapshots off the hot path, writing only the latest of each prefix when it falls behind.
+async fn run_saver(cache: Cache, mut rx: mpsc::UnboundedReceiver<SaveJob>) {
+    while let Some(job) = rx.recv().await {
+        let mut latest: HashMap<(Arc<str>, String), (u64, Arc<Entries>)> = HashMap::new();
+        latest.insert((job.0, job.1), (job.2, job.3));
+        while let Ok(j) = rx.try_recv() {
+            latest.insert((j.0, j.1), (j.2, j.3));
+        }
+        let cache = cache.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            for ((source, prefix), (version, entries)) in latest {
+                if let Err(e) = cache.save(&source, &prefix, version, &entries) {
+                    warn!(source = %source, prefix = %prefix, "{e}");
+                }
+            }
+        })
+        .await;
+        if r.is_err() {
+            error!("the cache writer panicked");
+        }
     }
 }
 
 impl Store {
-    fn apply(&mut self, env: Envelope) {
+    fn serve_cached(&mut self, source: &Arc<str>, c: Cached) {
+        self.snapshot = Snapshot { version: c.version, entries: Arc::new(c.entries) };
+        self.delivered = true;
+        self.stale = true;
+        self.stats.serving_cache.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.publish(source, Instant::now(), None);
+    }
+
+    /// Applies an update; returns whether the snapshot changed (and should be persisted).
+    fn apply(&mut self, env: Envelope) -> bool {
         let Envelope { source, received, update } = env;
-        let diff = match self.snapshot.apply(update.version, update.change) {
+        // The first live snapshot after serving the cache replaces it whatever its version.
+        let was_stale = self.stale;
+        let change = match update.change {
+            Change::Full { entries, .. } if was_stale => Change::Full { entries, resync: true },
+            other => other,
+        };
+        self.fallback = None;
+        let diff = match self.snapshot.apply(update.version, change) {
             Ok(d) => d,
             Err(Rejected::Stale { have, got }) => {
                 debug!(source = %source, prefix = %update.prefix, have, got, "ignored an update older than the snapshot");
-                return;
+                return false;
             }
         };
         let first = !self.delivered;
-        if diff.is_empty() && !first {
-            return;
+        if diff.is_empty() && !first && !was_stale {
+            return false;
         }
         self.delivered = true;
+        if was_stale {
+            self.stale = false;
+            self.stats.serving_cache.store(false, std::sync::atomic::Ordering::Relaxed);
+            info!(source = %source, prefix = %update.prefix, "the backend answered; the live snapshot replaces the cached one");
+        }
         debug!(source = %source, prefix = %update.prefix, version = update.version, changed = diff.len(), "snapshot changed");
+        let everything = first || was_stale;
+        self.publish(&source, received, if everything { None } else { Some(&diff) });
+        !diff.is_empty() || first
+    }
+
+    /// Publishes the current snapshot to the subscribers whose keys changed (all of them when `diff` is None).
+    fn publish(&self, source: &Arc<str>, received: Instant, diff: Option<&crate::snapshot::Diff>) {
         for sub in &self.subs {
-            let touched = first || sub.prefix.is_empty() || diff.keys().any(|k| k.starts_with(sub.prefix.as_str()));
+            let touched = match diff {
+                None => true,
+                Some(d) => sub.prefix.is_empty() || d.keys().any(|k| k.starts_with(sub.prefix.as_str())),
+            };
             if !touched {
                 continue;
             }
-            let entries = if sub.prefix == update.prefix {
+            let entries = if sub.prefix == self.prefix {
                 Arc::clone(&self.snapshot.entries)
             } else {
                 Arc::new(
@@ -265,11 +380,12 @@ impl Store {
                 )
             };
             let view = View {
-                source: Arc::clone(&source),
+                source: Arc::clone(source),
                 prefix: sub.prefix.clone(),
                 version: self.snapshot.version,
                 entries,
                 received,
+                stale: self.stale,
             };
             sub.tx.send_replace(Some(view));
         }
@@ -364,6 +480,84 @@ mod tests {
         assert!(!app.has_changed());
         assert_eq!(wait_for(&mut app2, 1).await.version, 1);
         assert_eq!(*asked.lock().unwrap(), vec![vec!["config/".to_string()]]);
+        cancel.cancel();
+        engine.wait().await;
+    }
+
+    /// A source that fails first, then (when told) delivers a live snapshot.
+    struct FailsThenAnswers {
+        live: Update,
+        go: Arc<tokio::sync::Notify>,
+    }
+
+    impl Source for FailsThenAnswers {
+        fn kind(&self) -> &'static str {
+            "flaky"
+        }
+        fn run(
+            self: Box<Self>,
+            _prefixes: Vec<String>,
+            sink: UpdateSink,
+            cancel: CancellationToken,
+        ) -> BoxFuture<Result<(), SourceError>> {
+            Box::pin(async move {
+                sink.stats().error(crate::stats::ErrorKind::Connect, "connection refused");
+                self.go.notified().await;
+                sink.send(self.live).await.ok();
+                cancel.cancelled().await;
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn cache_serves_an_outage_at_start_then_yields_to_the_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache { dir: dir.path().to_path_buf(), max_age: Duration::from_secs(3600) };
+        let cached: Entries = [("p/a".to_string(), Bytes::from("cached"))].into();
+        cache.save("s", "p/", 50, &cached).unwrap();
+
+        let go = Arc::new(tokio::sync::Notify::new());
+        // The live state has a LOWER version (a restored backend): it must still replace the cache.
+        let live = full("p/", 7, &[("p/a", "live"), ("p/b", "new")]);
+        let stats: Arc<SourceStats> = Arc::default();
+        let mut b = EngineBuilder::new();
+        b.cache(cache.clone());
+        b.add_source("s", Box::new(FailsThenAnswers { live, go: Arc::clone(&go) }), Arc::clone(&stats));
+        let mut sub = b.subscribe("s", "p/").unwrap();
+        let cancel = CancellationToken::new();
+        let engine = b.start(cancel.clone());
+
+        let v = wait_for(&mut sub, 0).await;
+        assert!(v.stale, "the first view comes from the cache");
+        assert_eq!(v.entries.get("p/a").unwrap(), "cached");
+        assert!(stats.serving_cache.load(std::sync::atomic::Ordering::Relaxed));
+
+        go.notify_one();
+        let v = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                sub.rx.changed().await.unwrap();
+                if let Some(v) = sub.take() {
+                    if !v.stale {
+                        return v;
+                    }
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(v.entries.get("p/a").unwrap(), "live");
+        assert_eq!(v.version, 7);
+        assert!(!stats.serving_cache.load(std::sync::atomic::Ordering::Relaxed));
+        // The live snapshot is persisted in turn.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while cache.load("s", "p/").unwrap().unwrap().version != 7 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the live snapshot is saved");
+        assert_eq!(cache.load("s", "p/").unwrap().unwrap().entries.len(), 2);
         cancel.cancel();
         engine.wait().await;
     }

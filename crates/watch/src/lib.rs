@@ -8,6 +8,7 @@
 //! The engine knows nothing about files on disk, templates or processes; that is the daemon's job.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod engine;
 pub mod file;
 pub mod hash;
@@ -17,6 +18,7 @@ pub mod snapshot;
 pub mod source;
 pub mod stats;
 
+pub use cache::Cache;
 pub use engine::{Engine, EngineBuilder, Subscription, View};
 pub use retry::Backoff;
 pub use snapshot::{Change, Entries, Snapshot, Update};

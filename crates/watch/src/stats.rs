@@ -25,6 +25,8 @@ pub struct SourceStats {
     pub last_error: Mutex<Option<(SystemTime, String)>>,
     /// When the source last delivered a change.
     pub last_change: Mutex<Option<SystemTime>>,
+    /// Outputs are being served from the last-known-good cache because the backend has not answered.
+    pub serving_cache: AtomicBool,
 }
 
 /// The kind of a failed request, for the errors-by-kind counters.
@@ -58,6 +60,13 @@ impl SourceStats {
 
     pub fn changed(&self) {
         *self.last_change.lock().unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
+    }
+
+    /// Failed requests of every kind so far.
+    pub fn errors_total(&self) -> u64 {
+        self.errors_connect.load(Ordering::Relaxed)
+            + self.errors_status.load(Ordering::Relaxed)
+            + self.errors_other.load(Ordering::Relaxed)
     }
 
     pub fn is_connected(&self) -> bool {
