@@ -98,21 +98,8 @@ impl Cache {
             return Err(corrupt("checksum mismatch"));
         }
         let mut r = Reader { data: &body[MAGIC.len()..] };
-        let parse = |r: &mut Reader<'_>| -> Option<(Vec<u8>, Vec<u8>, u64, u64, Entries)> {
-            let src = r.bytes()?.to_vec();
-            let pre = r.bytes()?.to_vec();
-            let version = r.u64()?;
-            let saved = r.u64()?;
-            let n = r.u64()?;
-            let mut entries = Entries::new();
-            for _ in 0..n {
-                let k = String::from_utf8(r.bytes()?.to_vec()).ok()?;
-                let v = Bytes::copy_from_slice(r.bytes()?);
-                entries.insert(k, v);
-            }
-            r.data.is_empty().then_some((src, pre, version, saved, entries))
-        };
-        let (src, pre, version, saved, entries) = parse(&mut r).ok_or_else(|| corrupt("truncated or malformed"))?;
+        let Parsed { source: src, prefix: pre, version, saved, entries } =
+            r.parsed().ok_or_else(|| corrupt("truncated or malformed"))?;
         if src != source.as_bytes() || pre != prefix.as_bytes() {
             return Err(corrupt("it belongs to another source or prefix"));
         }
@@ -139,7 +126,31 @@ struct Reader<'a> {
     data: &'a [u8],
 }
 
+/// The fields of a cache file after the magic.
+struct Parsed<'a> {
+    source: &'a [u8],
+    prefix: &'a [u8],
+    version: u64,
+    saved: u64,
+    entries: Entries,
+}
+
 impl<'a> Reader<'a> {
+    fn parsed(&mut self) -> Option<Parsed<'a>> {
+        let source = self.bytes()?;
+        let prefix = self.bytes()?;
+        let version = self.u64()?;
+        let saved = self.u64()?;
+        let n = self.u64()?;
+        let mut entries = Entries::new();
+        for _ in 0..n {
+            let k = String::from_utf8(self.bytes()?.to_vec()).ok()?;
+            let v = Bytes::copy_from_slice(self.bytes()?);
+            entries.insert(k, v);
+        }
+        self.data.is_empty().then_some(Parsed { source, prefix, version, saved, entries })
+    }
+
     fn u64(&mut self) -> Option<u64> {
         let (h, t) = self.data.split_at_checked(8)?;
         self.data = t;
