@@ -1,0 +1,104 @@
+//! Disk faults under a real daemon: a full file system and a file system made read-only mid-run.
+//! The destination lives on a small tmpfs mounted by the test (root only; the test says so and
+//! returns when mounting is not allowed). Each fault: the write fails cleanly, the old file stays, the
+//! error names the path and the cause, and the next change after the fault clears is written.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use kvsync_tests::kvsync::Daemon;
+use kvsync_tests::wait;
+
+const T: Duration = Duration::from_secs(20);
+
+/// A tmpfs mounted for the test, unmounted on drop.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        fs::create_dir_all(path).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .arg(path)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then(|| Tmpfs { path: path.to_path_buf() })
+    }
+
+    fn remount(&self, opt: &str) {
+        let s = Command::new("mount").args(["-o", &format!("remount,{opt}")]).arg(&self.path).status().unwrap();
+        assert!(s.success(), "remount {opt}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+fn put(kv: &Path, key: &str, value: &str) {
+    let p = kv.join(key);
+    fs::write(p.with_extension("..tmp"), value).unwrap();
+    fs::rename(p.with_extension("..tmp"), &p).unwrap();
+}
+
+#[test]
+fn full_and_read_only_file_systems() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = dir.path().join("kv");
+    fs::create_dir_all(kv.join("app")).unwrap();
+    let Some(disk) = Tmpfs::mount(&dir.path().join("disk"), "256k") else {
+        eprintln!("SKIPPED: mounting a tmpfs is not allowed here (needs root)");
+        return;
+    };
+    let dest = disk.path.join("app.json");
+    put(&kv, "app/v", "first");
+    let cfg = dir.path().join("k.yaml");
+    fs::write(
+        &cfg,
+        format!(
+            "sources:\n  - {{ name: l, type: file, path: {} }}\nhttp: {{ listen: \"\" }}\noutputs:\n  - {{ name: app, source: l, prefix: app/, format: json, destination: {} }}\n",
+            kv.display(),
+            dest.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&["run", "--config", &cfg.display().to_string()]);
+    wait::until(T, "first render", || fs::read_to_string(&dest).is_ok_and(|t| t.contains("first")));
+
+    // Fill the disk, then change the value: the new file cannot be written.
+    let filler = disk.path.join("filler");
+    let _ = fs::write(&filler, vec![0u8; 512 * 1024]); // fails part-way with ENOSPC, leaving the disk full
+    put(&kv, "app/v", &"second".repeat(2000));
+    d.wait_log("No space left on device", T);
+    let log = d.log();
+    assert!(log.contains("output `app`") && log.contains(&disk.path.display().to_string()), "{log}");
+    assert!(fs::read_to_string(&dest).unwrap().contains("first"), "the old file stays");
+    let strays = fs::read_dir(&disk.path)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("kvsync-tmp"))
+        .count();
+    assert_eq!(strays, 0, "a failed write leaves no temp file");
+
+    // Space returns: the next change is written.
+    fs::remove_file(&filler).unwrap();
+    put(&kv, "app/v", "third");
+    wait::until(T, "the write after space returns", || fs::read_to_string(&dest).is_ok_and(|t| t.contains("third")));
+
+    // The file system turns read-only mid-run.
+    disk.remount("ro");
+    put(&kv, "app/v", "fourth");
+    d.wait_log("Read-only file system", T);
+    assert!(fs::read_to_string(&dest).unwrap().contains("third"));
+    assert!(!d.has_exited(), "kvsync keeps running through disk faults");
+    disk.remount("rw");
+    put(&kv, "app/v", "fifth");
+    wait::until(T, "the write after the remount", || fs::read_to_string(&dest).is_ok_and(|t| t.contains("fifth")));
+    drop(d);
+}
