@@ -153,10 +153,20 @@ fn readers_never_see_partial_files() {
             bad
         }));
     }
-    for i in 1..=60 {
+    // At least 60 versions, and on until the readers have made thousands of reads (bounded in time).
+    let started = std::time::Instant::now();
+    let mut i = 0;
+    while i < 60 || (reads.load(Ordering::Relaxed) < 3000 && started.elapsed() < Duration::from_secs(30)) {
+        i += 1;
         s.put("app/v", &value(i));
         s.put("flags/v", &value(i));
         std::thread::sleep(Duration::from_millis(15));
+    }
+    // Finish on a version whose digit is 0, which the wait below looks for.
+    while i % 10 != 0 {
+        i += 1;
+        s.put("app/v", &value(i));
+        s.put("flags/v", &value(i));
     }
     wait::until(T, "the last version", || {
         fs::read_to_string(&file).is_ok_and(|t| t.starts_with('0'))

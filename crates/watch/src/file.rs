@@ -25,8 +25,6 @@ use crate::stats::ErrorKind;
 
 /// How deep symlinked or nested directories are followed before the tree is considered cyclic.
 const MAX_DEPTH: usize = 32;
-/// Events closer together than this are read as one change (an editor's save is several events).
-const SETTLE: Duration = Duration::from_millis(5);
 
 /// A directory tree as a source of keys.
 pub struct FileSource {
@@ -129,9 +127,8 @@ impl FileSource {
                 _ = cancel.cancelled() => return Ok(()),
                 // Poll interval or retry delay elapsed.
                 _ = sleep_opt(wait) => {}
-                // The watcher saw something: let the burst settle, then re-read.
+                // The watcher saw a completed change: re-read once for everything queued so far.
                 Some(()) = ev_rx.recv() => {
-                    tokio::time::sleep(SETTLE).await;
                     while ev_rx.try_recv().is_ok() {}
                 }
             }
@@ -146,14 +143,30 @@ impl FileSource {
     fn watch(&self, tx: mpsc::UnboundedSender<()>) -> notify::Result<notify::RecommendedWatcher> {
         let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
             if let Ok(ev) = &ev {
-                if matches!(ev.kind, notify::EventKind::Access(_)) {
-                    return; // reads (including our own) change nothing
+                if !completes_a_change(&ev.kind) {
+                    return;
                 }
             }
             let _ = tx.send(());
         })?;
         w.watch(&self.root, RecursiveMode::Recursive)?;
         Ok(w)
+    }
+}
+
+/// Whether an event marks a finished change worth a re-read. A file being written shows up as
+/// create, modify(data)... then close-write: reading before the close would publish half a value,
+/// so only the close counts. Renames (the atomic way, and how a ConfigMap swaps `..data`), removals,
+/// directory creation and metadata changes count at once. Reads (including our own) never do.
+fn completes_a_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+    use notify::EventKind;
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Create(CreateKind::File) => false, // its close-write follows
+        EventKind::Modify(ModifyKind::Data(_)) => false, // mid-write
+        _ => true,
     }
 }
 

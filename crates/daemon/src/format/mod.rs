@@ -38,19 +38,23 @@ pub fn render(format: &Format, inputs: &[InputData<'_>], single: bool) -> Result
     match format {
         Format::Template(t) => t.render(inputs, single).map(|s| Rendered::File(s.into_bytes())),
         Format::Json => {
-            let tree = nest::build(&first().kv)?;
-            let v = json_value(&tree)?;
-            let mut out = serde_json::to_vec_pretty(&v).map_err(|e| e.to_string())?;
+            let kv = &first().kv;
+            require_utf8(kv)?;
+            let tree = nest::build(kv)?;
+            // Serialized straight from the borrowed tree: no intermediate document in memory.
+            let mut out = Vec::with_capacity(kv.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>() + 16);
+            serde_json::to_writer_pretty(&mut out, &Dir(&tree)).map_err(|e| e.to_string())?;
             out.push(b'\n');
             Ok(Rendered::File(out))
         }
         Format::Yaml => {
-            let tree = nest::build(&first().kv)?;
-            let v = json_value(&tree)?;
-            let s = if first().kv.is_empty() {
+            let kv = &first().kv;
+            require_utf8(kv)?;
+            let tree = nest::build(kv)?;
+            let s = if kv.is_empty() {
                 "{}\n".to_string()
             } else {
-                serde_yaml::to_string(&v).map_err(|e| e.to_string())?
+                serde_yaml::to_string(&Dir(&tree)).map_err(|e| e.to_string())?
             };
             Ok(Rendered::File(s.into_bytes()))
         }
@@ -66,31 +70,30 @@ pub fn render(format: &Format, inputs: &[InputData<'_>], single: bool) -> Result
     }
 }
 
-fn json_value(tree: &BTreeMap<&str, nest::Node<'_>>) -> Result<serde_json::Value, String> {
-    fn walk(path: &str, n: &nest::Node<'_>) -> Result<serde_json::Value, String> {
-        match n {
-            nest::Node::Leaf(v) => {
-                std::str::from_utf8(v).map(|s| serde_json::Value::String(s.to_string())).map_err(|_| {
-                    format!("the value of key `{path}` is not UTF-8 text; use format files or raw for binary values")
-                })
-            }
-            nest::Node::Dir(d) => {
-                let mut m = serde_json::Map::with_capacity(d.len());
-                for (k, v) in d {
-                    let p = if path.is_empty() { k.to_string() } else { format!("{path}/{k}") };
-                    m.insert(k.to_string(), walk(&p, v)?);
-                }
-                Ok(serde_json::Value::Object(m))
-            }
+/// Values that must be text are checked first, so the error can name the key.
+fn require_utf8(kv: &BTreeMap<&str, &[u8]>) -> Result<(), String> {
+    for (k, v) in kv {
+        if std::str::from_utf8(v).is_err() {
+            return Err(format!("the value of key `{k}` is not UTF-8 text; use format files or raw for binary values"));
         }
     }
-    walk("", &nest::Node::Dir(tree.iter().map(|(k, v)| (*k, clone_node(v))).collect()))
+    Ok(())
 }
 
-fn clone_node<'a>(n: &nest::Node<'a>) -> nest::Node<'a> {
-    match n {
-        nest::Node::Leaf(v) => nest::Node::Leaf(v),
-        nest::Node::Dir(d) => nest::Node::Dir(d.iter().map(|(k, v)| (*k, clone_node(v))).collect()),
+/// Serializes a nested tree as a map of maps and strings (values already checked to be UTF-8).
+struct Dir<'a>(&'a BTreeMap<&'a str, nest::Node<'a>>);
+
+impl serde::Serialize for Dir<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeMap};
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            match v {
+                nest::Node::Leaf(b) => m.serialize_entry(k, std::str::from_utf8(b).map_err(S::Error::custom)?)?,
+                nest::Node::Dir(d) => m.serialize_entry(k, &Dir(d))?,
+            }
+        }
+        m.end()
     }
 }
 

@@ -1,0 +1,78 @@
+//! The release kvsync binary, run as a separate process for a scenario.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The kvsync binary: `KVSYNC_BIN`, or `kvsync` next to this benchmark's executable.
+pub fn binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("KVSYNC_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let bin = exe.parent().map(|d| d.join("kvsync")).unwrap_or_default();
+    anyhow::ensure!(
+        bin.exists(),
+        "{} does not exist; build it with `cargo build --release -p kvsync` (or set KVSYNC_BIN)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// A running kvsync, killed on drop; its log goes to `log`.
+pub struct Kvsync {
+    child: Child,
+    pub log: PathBuf,
+    pub started: Instant,
+}
+
+impl Kvsync {
+    pub fn start(config: &Path, log: &Path) -> anyhow::Result<Kvsync> {
+        let out = std::fs::File::create(log)?;
+        let child = Command::new(binary()?)
+            .args(["run", "--config"])
+            .arg(config)
+            .env_remove("KVSYNC_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()?;
+        Ok(Kvsync { child, log: log.to_path_buf(), started: Instant::now() })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the log contains `needle`; returns when it was first noticed.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> anyhow::Result<Instant> {
+        let start = Instant::now();
+        loop {
+            if self.log_text().contains(needle) {
+                return Ok(Instant::now());
+            }
+            anyhow::ensure!(
+                start.elapsed() < timeout,
+                "kvsync did not log {needle:?} within {timeout:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// How many times kvsync wrote an output so far (from its log).
+    pub fn writes(&self) -> usize {
+        self.log_text().matches("rendered and written").count()
+    }
+}
+
+impl Drop for Kvsync {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,209 @@
+//! The `file` source: a directory tree watched with inotify. Its reference is a bare inotify watcher
+//! on the same directory inside the benchmark.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{pace, wait_for, write_config, Counts};
+use crate::dest;
+use crate::kvsync_proc::Kvsync;
+use crate::measure::{value, Recorder};
+use crate::procstat;
+use crate::report::{BurstRow, IdleRow, LatencyRow, Report, ScaleRow};
+use crate::Args;
+
+const T: Duration = Duration::from_secs(120);
+
+fn put(kv: &Path, key: &str, v: &[u8]) -> anyhow::Result<Instant> {
+    let p = kv.join(key);
+    let tmp = kv.join(format!(".{}.tmp", key.replace('/', "_")));
+    fs::write(&tmp, v)?;
+    fs::rename(&tmp, &p)?;
+    Ok(Instant::now())
+}
+
+pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
+    let c = Counts::of(args);
+    if args.wants("latency") {
+        eprintln!("file: latency ...");
+        report.latency.push(latency(&c)?);
+    }
+    if args.wants("burst") {
+        eprintln!("file: burst ...");
+        report.burst.push(burst(&c)?);
+    }
+    if args.wants("scale") {
+        for format in ["json", "files"] {
+            eprintln!("file: scale ({format}) ...");
+            report.scale.push(scale(&c, format)?);
+        }
+    }
+    if args.wants("idle") {
+        eprintln!("file: idle ...");
+        report.idle.push(idle(&c)?);
+    }
+    Ok(())
+}
+
+fn setup(sources_dirs: &[&str]) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    for d in sources_dirs {
+        fs::create_dir_all(dir.path().join("kv").join(d))?;
+    }
+    fs::create_dir_all(dir.path().join("out"))?;
+    Ok(dir)
+}
+
+fn source(dir: &Path) -> String {
+    format!("  - {{ name: local, type: file, path: {} }}\n", dir.join("kv").display())
+}
+
+fn latency(c: &Counts) -> anyhow::Result<LatencyRow> {
+    let dir = setup(&["bench"])?;
+    let kv = dir.path().join("kv");
+    put(&kv, "bench/k", &value(0, 1024))?;
+    let out = dir.path().join("out/app.json");
+    let cfg = write_config(
+        dir.path(),
+        &source(dir.path()),
+        &format!("  - {{ name: app, source: local, prefix: bench/, format: json, destination: {} }}\n", out.display()),
+    )?;
+    let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
+    k.wait_log("every output has rendered", T)?;
+    let subject = Arc::new(Recorder::default());
+    let baseline = Arc::new(Recorder::default());
+    let _w = dest::watch(&out, Arc::clone(&subject), false)?;
+    let _r = dest::watch(&kv.join("bench/k"), Arc::clone(&baseline), false)?;
+    let start = Instant::now();
+    let n = c.latency_changes as u64;
+    for seq in 1..=n {
+        let at = put(&kv, "bench/k", &value(seq, 1024))?;
+        subject.ack(seq, at);
+        baseline.ack(seq, at);
+        pace(start, seq, c.latency_rate_per_s);
+    }
+    wait_for("the last change on disk", T, || subject.has_seen(n))?;
+    Ok(LatencyRow {
+        mode: "file watch (inotify)".into(),
+        reference: "bare inotify watcher".into(),
+        subject: subject.latencies(),
+        baseline: baseline.latencies(),
+        changes: n as usize,
+        target: None,
+    })
+}
+
+fn burst(c: &Counts) -> anyhow::Result<BurstRow> {
+    let dir = setup(&["bench"])?;
+    let kv = dir.path().join("kv");
+    for i in 0..c.burst_keys {
+        put(&kv, &format!("bench/k{i:05}"), b"init")?;
+    }
+    let out = dir.path().join("out/app.json");
+    let cfg = write_config(
+        dir.path(),
+        &source(dir.path()),
+        &format!("  - {{ name: app, source: local, prefix: bench/, format: json, destination: {} }}\n", out.display()),
+    )?;
+    let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
+    k.wait_log("every output has rendered", T)?;
+    let writes_before = k.writes();
+    let rec = Arc::new(Recorder::default());
+    let _w = dest::watch(&out, Arc::clone(&rec), true)?;
+    let start = Instant::now();
+    let n = c.burst_changes as u64;
+    let mut last_ack = start;
+    for seq in 1..=n {
+        last_ack = put(&kv, &format!("bench/k{:05}", seq as usize % c.burst_keys), &value(seq, 100))?;
+    }
+    rec.ack(n, last_ack);
+    let write_time = last_ack - start;
+    wait_for("the final state on disk", T, || rec.has_seen(n))?;
+    let final_after = rec.latencies().first().copied().unwrap_or_default();
+    std::thread::sleep(Duration::from_millis(200));
+    Ok(BurstRow {
+        backend: "file".into(),
+        changes: n as usize,
+        keys: c.burst_keys,
+        write_time,
+        final_after,
+        renders: k.writes() - writes_before,
+        peak_rss: procstat::peak_rss(k.pid()),
+    })
+}
+
+fn scale(c: &Counts, format: &str) -> anyhow::Result<ScaleRow> {
+    let dir = setup(&["bench"])?;
+    let kv = dir.path().join("kv");
+    let mut raw = 0u64;
+    for i in 0..c.scale_keys {
+        // 100 bytes to 1 KiB, deterministic; no "seq=" marker so the changed key is the only one.
+        let size = 100 + (i * 7919) % 925;
+        let key = format!("k{i:06}");
+        raw += (size + key.len()) as u64;
+        fs::write(kv.join("bench").join(&key), vec![b'v'; size])?;
+    }
+    let dest = if format == "files" { dir.path().join("out/files") } else { dir.path().join("out/app.json") };
+    let cfg = write_config(
+        dir.path(),
+        &source(dir.path()),
+        &format!(
+            "  - {{ name: app, source: local, prefix: bench/, format: {format}, destination: {} }}\nlimits: {{ max_keys: 2000000 }}\n",
+            dest.display()
+        ),
+    )?;
+    let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
+    let synced = k.wait_log("every output has rendered", T)?;
+    let initial_sync = synced - k.started;
+    let peak = procstat::peak_rss(k.pid());
+    let rec = Arc::new(Recorder::default());
+    let watched = if format == "files" { dest.join("k000001") } else { dest.clone() };
+    let _w = dest::watch(&watched, Arc::clone(&rec), false)?;
+    let at = put(&kv, "bench/k000001", &value(1, 200))?;
+    rec.ack(1, at);
+    wait_for("one change at scale", T, || rec.has_seen(1))?;
+    Ok(ScaleRow {
+        backend: "file".into(),
+        format: format.into(),
+        keys: c.scale_keys,
+        raw_bytes: raw,
+        initial_sync,
+        peak_rss: peak.max(procstat::peak_rss(k.pid())),
+        one_change: rec.latencies().first().copied().unwrap_or_default(),
+    })
+}
+
+fn idle(c: &Counts) -> anyhow::Result<IdleRow> {
+    let dir = setup(&["a", "b", "c"])?;
+    let kv = dir.path().join("kv");
+    for p in ["a", "b", "c"] {
+        put(&kv, &format!("{p}/k"), b"v")?;
+    }
+    let o = dir.path().join("out");
+    let outputs: String = ["a", "b", "c"]
+        .iter()
+        .map(|p| {
+            format!(
+                "  - {{ name: {p}, source: local, prefix: {p}/, format: json, destination: {}/{p}.json }}\n",
+                o.display()
+            )
+        })
+        .collect();
+    let cfg = write_config(dir.path(), &source(dir.path()), &outputs)?;
+    let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
+    k.wait_log("every output has rendered", T)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu0 = procstat::cpu(k.pid());
+    std::thread::sleep(Duration::from_secs(c.idle_seconds));
+    Ok(IdleRow {
+        backend: "file".into(),
+        mode: "watch".into(),
+        seconds: c.idle_seconds,
+        rss: procstat::rss(k.pid()),
+        cpu: procstat::cpu(k.pid()).saturating_sub(cpu0),
+        connections: 0,
+        requests_per_min: None,
+    })
+}

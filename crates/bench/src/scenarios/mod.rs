@@ -1,0 +1,85 @@
+//! The scenarios, per backend. Each starts its own backend and its own kvsync process.
+
+mod file;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::report::Report;
+use crate::Args;
+
+/// Runs every scenario the arguments ask for.
+pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    if args.backend("file") {
+        file::run(args, &mut report)?;
+    }
+    Ok(report)
+}
+
+/// Counts for a full or a quick run.
+pub struct Counts {
+    pub latency_changes: usize,
+    pub latency_rate_per_s: u64,
+    #[allow(dead_code)] // for the network backends
+    pub poll_changes: usize,
+    pub burst_changes: usize,
+    pub burst_keys: usize,
+    pub scale_keys: usize,
+    pub idle_seconds: u64,
+}
+
+impl Counts {
+    pub fn of(args: &Args) -> Counts {
+        if args.quick {
+            Counts {
+                latency_changes: 200,
+                latency_rate_per_s: 200,
+                poll_changes: 5,
+                burst_changes: 1_000,
+                burst_keys: 100,
+                scale_keys: 10_000,
+                idle_seconds: 5,
+            }
+        } else {
+            Counts {
+                latency_changes: 2_000,
+                latency_rate_per_s: 200,
+                poll_changes: 20,
+                burst_changes: 10_000,
+                burst_keys: 1_000,
+                scale_keys: 100_000,
+                idle_seconds: 30,
+            }
+        }
+    }
+}
+
+/// Sleeps until `start + n * period` (steady pacing without drift).
+pub fn pace(start: Instant, n: u64, per_s: u64) {
+    let due = start + Duration::from_micros(n * 1_000_000 / per_s.max(1));
+    let now = Instant::now();
+    if due > now {
+        std::thread::sleep(due - now);
+    }
+}
+
+/// Waits (bounded) until `cond` holds.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !cond() {
+        anyhow::ensure!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(())
+}
+
+/// Writes a kvsync config file with logging at info, no HTTP endpoint.
+pub fn write_config(dir: &Path, sources: &str, outputs: &str) -> anyhow::Result<std::path::PathBuf> {
+    let p = dir.join("kvsync.yaml");
+    std::fs::write(
+        &p,
+        format!("sources:\n{sources}outputs:\n{outputs}http: {{ listen: \"\" }}\nlog: {{ level: info }}\n"),
+    )?;
+    Ok(p)
+}
