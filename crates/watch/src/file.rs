@@ -57,10 +57,16 @@ impl FileSource {
         sink: UpdateSink,
         cancel: CancellationToken,
     ) -> Result<(), SourceError> {
+        // The SHA-256 last reported per prefix (poll mode's change detection; also spares the engine
+        // a diff when a full re-read finds nothing new).
         let mut last: HashMap<String, [u8; 32]> = HashMap::new();
         let mut version = 0u64;
+        // The whole tree as last read, so that a change to a few files is read as just those files.
+        let mut current: Option<Entries> = None;
+        // What the watcher saw since the last read; None: nothing yet (read everything).
+        let mut touched: Option<Touched> = None;
+        let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Touched>();
         // A watcher that lives as long as this task; re-created if the root disappears.
-        let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<()>();
         let mut watcher: Option<notify::RecommendedWatcher> = None;
         loop {
             if self.mode == Mode::Watch && watcher.is_none() {
@@ -75,6 +81,35 @@ impl FileSource {
             sink.stats().request();
             let root = self.root.clone();
             let max = self.max_value_bytes;
+            // A few files changed: read just those and send deltas. Anything else: read the tree.
+            if let (Some(Touched::Paths(paths)), Some(tree)) = (touched.take(), current.as_mut()) {
+                let root2 = root.clone();
+                let read = tokio::task::spawn_blocking(move || read_paths(&root2, &paths, max)).await;
+                if let Ok(Ok(changes)) = read {
+                    let changes = apply_changes(tree, changes);
+                    version += 1;
+                    for p in &prefixes {
+                        let mine: Vec<(String, Option<Bytes>)> =
+                            changes.iter().filter(|(k, _)| k.starts_with(p.as_str())).cloned().collect();
+                        if mine.is_empty() {
+                            continue;
+                        }
+                        last.remove(p);
+                        sink.stats().changed();
+                        let update = Update { prefix: p.clone(), version, change: Change::Delta(mine) };
+                        if sink.send(update).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        Some(t) = ev_rx.recv() => touched = Some(drain(t, &mut ev_rx)),
+                    }
+                    continue;
+                }
+                // The paths could not be read one by one (a directory appeared, a read failed):
+                // fall through to a full read.
+            }
             let read = tokio::task::spawn_blocking(move || read_tree(&root, max)).await;
             let wait = match read {
                 Ok(Ok(entries)) => {
@@ -98,6 +133,9 @@ impl FileSource {
                             return Ok(());
                         }
                     }
+                    if self.mode == Mode::Watch {
+                        current = Some(entries);
+                    }
                     match self.mode {
                         Mode::Poll { interval } => Some(jittered(interval)),
                         Mode::Watch if watcher.is_some() => None,
@@ -106,6 +144,7 @@ impl FileSource {
                 }
                 Ok(Err(e)) => {
                     self.fail(&sink, e);
+                    current = None;
                     // Re-arm the watcher too: the root may have been replaced.
                     watcher = None;
                     match self.backoff.next_delay() {
@@ -125,12 +164,10 @@ impl FileSource {
             tokio::select! {
                 // Shutdown.
                 _ = cancel.cancelled() => return Ok(()),
-                // Poll interval or retry delay elapsed.
-                _ = sleep_opt(wait) => {}
-                // The watcher saw a completed change: re-read once for everything queued so far.
-                Some(()) = ev_rx.recv() => {
-                    while ev_rx.try_recv().is_ok() {}
-                }
+                // Poll interval or retry delay elapsed: read everything.
+                _ = sleep_opt(wait) => touched = Some(Touched::Rescan),
+                // The watcher saw completed changes: take everything queued so far.
+                Some(t) = ev_rx.recv() => touched = Some(drain(t, &mut ev_rx)),
             }
         }
     }
@@ -140,18 +177,131 @@ impl FileSource {
         sink.stats().error(ErrorKind::Other, message);
     }
 
-    fn watch(&self, tx: mpsc::UnboundedSender<()>) -> notify::Result<notify::RecommendedWatcher> {
+    fn watch(&self, tx: mpsc::UnboundedSender<Touched>) -> notify::Result<notify::RecommendedWatcher> {
+        use notify::event::{CreateKind, RemoveKind};
+        use notify::EventKind;
         let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if let Ok(ev) = &ev {
-                if !completes_a_change(&ev.kind) {
-                    return;
+            let touched = match ev {
+                Ok(ev) if !completes_a_change(&ev.kind) => return,
+                // Directories come and go with everything in them: read the tree.
+                Ok(ev)
+                    if ev.need_rescan()
+                        || ev.paths.is_empty()
+                        || matches!(
+                            ev.kind,
+                            EventKind::Create(CreateKind::Folder) | EventKind::Remove(RemoveKind::Folder)
+                        ) =>
+                {
+                    Touched::Rescan
                 }
-            }
-            let _ = tx.send(());
+                Ok(ev) => Touched::Paths(ev.paths),
+                Err(_) => Touched::Rescan,
+            };
+            let _ = tx.send(touched);
         })?;
         w.watch(&self.root, RecursiveMode::Recursive)?;
         Ok(w)
     }
+}
+
+/// What the watcher reported since the last read.
+#[derive(Debug)]
+enum Touched {
+    /// These files changed (created, written, renamed, removed).
+    Paths(Vec<PathBuf>),
+    /// Something that needs the whole tree read again.
+    Rescan,
+}
+
+/// Merges everything queued behind `first`.
+fn drain(first: Touched, rx: &mut mpsc::UnboundedReceiver<Touched>) -> Touched {
+    let mut acc = first;
+    while let Ok(t) = rx.try_recv() {
+        acc = match (acc, t) {
+            (Touched::Paths(mut a), Touched::Paths(b)) => {
+                a.extend(b);
+                Touched::Paths(a)
+            }
+            _ => Touched::Rescan,
+        };
+    }
+    acc
+}
+
+/// Reads the named files as key changes (`None`: the file is gone). Err when one of them cannot be
+/// read as a single key (a `..` entry such as a ConfigMap's `..data` swap, a directory, an unreadable
+/// file): the caller then reads the whole tree.
+fn read_paths(root: &Path, paths: &[PathBuf], max: usize) -> Result<Vec<(String, Option<Bytes>)>, ()> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for path in paths {
+        if !seen.insert(path) {
+            continue;
+        }
+        let rel = path.strip_prefix(root).map_err(|_| ())?;
+        let mut parts = Vec::new();
+        for c in rel.components() {
+            let std::path::Component::Normal(n) = c else { return Err(()) };
+            let n = n.to_str().ok_or(())?;
+            if n.starts_with("..") {
+                return Err(());
+            }
+            parts.push(n);
+        }
+        if parts.is_empty() {
+            return Err(());
+        }
+        let key = parts.join("/");
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {
+                if m.len() as usize > max {
+                    return Err(());
+                }
+                match std::fs::read(path) {
+                    Ok(data) => out.push((key, Some(Bytes::from(data)))),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.push((key, None)),
+                    Err(_) => return Err(()),
+                }
+            }
+            Ok(m) if m.is_dir() => return Err(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.push((key, None)),
+            Err(_) => return Err(()),
+        }
+    }
+    Ok(out)
+}
+
+/// Applies file changes to the tree; a vanished path also removes everything under it (a renamed
+/// or removed directory). Returns the effective changes.
+fn apply_changes(tree: &mut Entries, changes: Vec<(String, Option<Bytes>)>) -> Vec<(String, Option<Bytes>)> {
+    let mut out = Vec::new();
+    for (key, value) in changes {
+        match value {
+            Some(v) => {
+                if tree.get(&key) != Some(&v) {
+                    tree.insert(key.clone(), v.clone());
+                    out.push((key, Some(v)));
+                }
+            }
+            None => {
+                if tree.remove(&key).is_some() {
+                    out.push((key.clone(), None));
+                }
+                let dir = format!("{key}/");
+                let under: Vec<String> = tree
+                    .range(dir.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&dir))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in under {
+                    tree.remove(&k);
+                    out.push((k, None));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Whether an event marks a finished change worth a re-read. A file being written shows up as
@@ -292,25 +442,43 @@ mod tests {
         let task = tokio::spawn(Box::new(src).run(vec!["app/".into()], sink, cancel.clone()));
         let first = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
         match first.change {
-            Change::Full { entries, .. } => assert_eq!(entries["app/x"], "1"),
+            Change::Full { ref entries, .. } => assert_eq!(entries["app/x"], "1"),
             _ => panic!("expected a full snapshot"),
         }
+        // Edits arrive as deltas of just the changed files; new directories as a full re-read.
+        let mut snap = crate::snapshot::Snapshot::default();
+        snap.apply(first.version, first.change).unwrap();
         fs::write(d.path().join("app/x"), "2").unwrap();
-        let next = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                let u = rx.recv().await.unwrap();
-                if let Change::Full { entries, .. } = u.change {
-                    if entries.get("app/x").map(|v| v == "2").unwrap_or(false) {
-                        return u.version;
-                    }
-                }
-            }
-        })
-        .await
-        .expect("the edit is reported");
+        let next = until(&mut rx, &mut snap, |s| s.entries.get("app/x").is_some_and(|v| v == "2")).await;
+        fs::create_dir_all(d.path().join("app/sub")).unwrap();
+        fs::write(d.path().join("app/sub/y"), "3").unwrap();
+        until(&mut rx, &mut snap, |s| s.entries.get("app/sub/y").is_some_and(|v| v == "3")).await;
+        fs::rename(d.path().join("app/sub"), d.path().join("app/moved")).unwrap();
+        until(&mut rx, &mut snap, |s| !s.entries.contains_key("app/sub/y") && s.entries.contains_key("app/moved/y"))
+            .await;
+        fs::remove_file(d.path().join("app/x")).unwrap();
+        until(&mut rx, &mut snap, |s| !s.entries.contains_key("app/x")).await;
+        assert_eq!(snap.entries.keys().collect::<Vec<_>>(), vec!["app/moved/y"]);
         assert!(next > first.version);
         cancel.cancel();
         task.await.unwrap().unwrap();
+    }
+
+    /// Applies updates until `cond` holds on the snapshot (bounded); returns the version reached.
+    async fn until(
+        rx: &mut crate::source::SinkReceiver,
+        snap: &mut crate::snapshot::Snapshot,
+        cond: impl Fn(&crate::snapshot::Snapshot) -> bool,
+    ) -> u64 {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !cond(snap) {
+                let u = rx.recv().await.unwrap();
+                snap.apply(u.version, u.change).unwrap();
+            }
+            snap.version
+        })
+        .await
+        .expect("the change is reported")
     }
 
     #[tokio::test]
