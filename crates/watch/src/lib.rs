@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod consul;
 pub mod engine;
 pub mod file;
 pub mod hash;
