@@ -162,9 +162,9 @@ pub(crate) async fn handle(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let truncate = shared.take_truncate();
     let response = route(req, &shared).await;
-    if truncate && response.status() == StatusCode::OK {
+    // Decided when the answer is ready, so a blocking query already waiting is the one cut off.
+    if response.status() == StatusCode::OK && shared.take_truncate() {
         return Ok(truncated(response, reset_connection).await);
     }
     Ok(response)

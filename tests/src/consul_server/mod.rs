@@ -243,7 +243,7 @@ impl ConsulServer {
         self.shared.notify();
     }
 
-    /// Same content, every index renumbered from 1: any index a client holds is now ahead.
+    /// Same content, every index back to 1: any index a client holds above 1 is now ahead.
     pub fn force_index_reset(&self) {
         self.shared.store().renumber();
         self.shared.notify();

@@ -164,19 +164,17 @@ impl Store {
         self.tombstones_index = snapshot.tombstones_index;
     }
 
-    /// Keeps the content but renumbers every index from 1, as a server rebuilt from the same data
-    /// (another cluster behind the address) would: every index the client knows is now ahead.
+    /// Keeps the content but moves every index back to 1, as a cluster rebuilt from the same data (a
+    /// new cluster behind the address) would: any index a client holds above 1 is now ahead.
     pub fn renumber(&mut self) {
-        let mut index = 0;
         for e in self.entries.values_mut() {
-            index += 1;
-            e.create_index = index;
-            e.modify_index = index;
+            e.create_index = 1;
+            e.modify_index = 1;
         }
         self.tombstones.clear();
-        self.kvs_index = index;
+        self.kvs_index = 1;
         self.tombstones_index = 0;
-        self.raft_index = index;
+        self.raft_index = 1;
     }
 }
 
