@@ -174,18 +174,19 @@ async fn proxy_connection(
     };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let (mut client_read, mut client_write) = client.split();
-    let (mut upstream_read, mut upstream_write) = upstream.split();
-    let mut mode_up = mode.clone();
-    let outcome = tokio::select! {
-        // One direction ended (EOF or error): the connection is over.
-        _ = pump(&mut client_read, &mut upstream_write, &mut mode_up) => false,
-        _ = pump(&mut upstream_read, &mut client_write, &mut mode) => false,
-        // reset_all().
-        _ = resets.changed() => true,
+    let reset = {
+        let (mut client_read, mut client_write) = client.split();
+        let (mut upstream_read, mut upstream_write) = upstream.split();
+        let mut mode_up = mode.clone();
+        tokio::select! {
+            // One direction ended (EOF or error): the connection is over.
+            _ = pump(&mut client_read, &mut upstream_write, &mut mode_up) => false,
+            _ = pump(&mut upstream_read, &mut client_write, &mut mode) => false,
+            // reset_all().
+            _ = resets.changed() => true,
+        }
     };
-    drop((client_read, client_write, upstream_read, upstream_write));
-    if outcome {
+    if reset {
         // Reset both sides: SO_LINGER 0 makes the close an RST.
         let _ = client.set_zero_linger();
         let _ = upstream.set_zero_linger();

@@ -423,13 +423,16 @@ fn encode_path(key: &str) -> String {
     out
 }
 
+/// The modification times of the CA, certificate and key files (None: not set or unreadable).
+type FileTimes = Vec<Option<SystemTime>>;
+
 /// The TLS files and the client configuration last built from them.
 struct TlsMaterial {
     files: TlsFiles,
     /// The system's roots, loaded once, when no `ca_file` is given.
     native_roots: Vec<CertificateDer<'static>>,
     /// The configuration and the modification times of the files it was built from.
-    cached: Mutex<Option<(Vec<Option<SystemTime>>, Arc<ClientConfig>)>>,
+    cached: Mutex<Option<(FileTimes, Arc<ClientConfig>)>>,
 }
 
 impl TlsMaterial {
@@ -451,7 +454,7 @@ impl TlsMaterial {
 
     /// The client configuration, rebuilt when one of the files changed.
     fn config(&self) -> Result<Arc<ClientConfig>, String> {
-        let stamps: Vec<Option<SystemTime>> = [&self.files.ca_file, &self.files.cert_file, &self.files.key_file]
+        let stamps: FileTimes = [&self.files.ca_file, &self.files.cert_file, &self.files.key_file]
             .into_iter()
             .map(|p| p.as_ref().and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()))
             .collect();
