@@ -437,6 +437,24 @@ async fn fails_over_to_the_next_address() {
 }
 
 #[tokio::test]
+async fn a_404_that_is_not_consuls_is_an_error_not_an_empty_prefix() {
+    let server = ConsulServer::start().await.unwrap();
+    server.put("app/k", "v");
+    // A base path the server does not serve: plain 404s without X-Consul-Index.
+    let mut cfg = config(format!("{}/not-consul", server.url()));
+    cfg.backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5), None);
+    let mut src = Running::start(cfg, &["app/"]);
+    eventually("the wrong answer is reported", || src.last_error().is_some()).await;
+    let msg = src.last_error().unwrap();
+    assert!(msg.contains("404") && msg.contains("Consul agent"), "{msg}");
+    assert!(src.rx.try_recv().is_none(), "nothing is delivered, certainly not an empty prefix");
+    // Retried only at the slow end of the backoff (3.75 s to 5 s here), not with fast backoff.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.requests("/not-consul/v1/kv/app/"), 1, "retried slowly");
+    src.stop().await;
+}
+
+#[tokio::test]
 async fn oversized_value_is_reported_and_the_last_good_content_kept() {
     let server = ConsulServer::start().await.unwrap();
     server.put("big/k", "small");

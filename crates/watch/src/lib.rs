@@ -20,6 +20,7 @@ pub mod source;
 pub mod stats;
 
 pub use cache::Cache;
+pub use consul::{ConsulConfig, ConsulSource};
 pub use engine::{Engine, EngineBuilder, Subscription, View};
 pub use retry::Backoff;
 pub use snapshot::{Change, Entries, Snapshot, Update};

@@ -15,7 +15,8 @@
 //! - A higher index may or may not change the listing (indexes are shared with unrelated keys for an
 //!   empty prefix); the body's SHA-256 decides whether there is anything to deliver.
 //! - A 404 is an empty prefix, and still carries an index to block on: the loop keeps blocking and
-//!   sees the first key when it is written.
+//!   sees the first key when it is written. (A 404 without `X-Consul-Index` is not Consul's: it is
+//!   reported as an error, never delivered as an empty prefix.)
 //!
 //! Every request has a deadline of `wait + wait/16 + margin`: longer than Consul can legitimately hold
 //! it, so a request still unanswered by then sits on a stalled connection, which is dropped.
@@ -27,7 +28,7 @@ use std::time::Duration;
 use http::StatusCode;
 use tracing::{info, warn};
 
-use super::client::{kv_query, Fetcher};
+use super::client::{is_kv_answer, kv_query, Fetcher};
 use super::failure::Failure;
 use super::listing::{self, ListingError};
 use super::rate::TokenBucket;
@@ -114,7 +115,7 @@ pub(crate) async fn run(ctx: LoopContext) -> Result<(), SourceError> {
             r = fetcher.get(&query, deadline, &stats) => r,
         };
         let response = match answer {
-            Ok(r) if r.status == StatusCode::OK || r.status == StatusCode::NOT_FOUND => r,
+            Ok(r) if is_kv_answer(&r) => r,
             Ok(r) => {
                 let token = fetcher.token().ok().flatten();
                 if !ctx.recover(r.into_failure(token.as_ref()), &mut backoff).await? {
@@ -170,6 +171,9 @@ pub(crate) async fn run(ctx: LoopContext) -> Result<(), SourceError> {
                 if ctx.sink.send(update).await.is_err() {
                     return Ok(()); // the engine has stopped
                 }
+                if resync {
+                    info!(source = ctx.sink.name(), prefix = %ctx.prefix, index = new, "consul: prefix re-read after the index reset");
+                }
                 delivered = Some(digest);
                 resync = false;
             }
@@ -186,9 +190,6 @@ pub(crate) async fn run(ctx: LoopContext) -> Result<(), SourceError> {
                 }
                 continue;
             }
-        }
-        if index == 0 && resync {
-            info!(source = ctx.sink.name(), prefix = %ctx.prefix, index = new, "consul: resync delivered");
         }
         index = new;
     }

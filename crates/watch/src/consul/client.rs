@@ -248,6 +248,13 @@ impl Response {
     }
 }
 
+/// Whether an answer is Consul's answer to a KV read: a 200, or a 404 (nothing under the prefix)
+/// that carries `X-Consul-Index`. A 404 without it comes from something else (a proxy, a wrong base
+/// path) and must not be read as "the prefix is empty".
+pub(crate) fn is_kv_answer(r: &Response) -> bool {
+    r.status == StatusCode::OK || (r.status == StatusCode::NOT_FOUND && r.index.is_some())
+}
+
 /// One prefix loop's way of making requests: its connection, kept open between requests.
 pub(crate) struct Fetcher {
     client: Arc<Client>,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::StatusCode;
 use tracing::warn;
 
-use super::client::{kv_query, Fetcher};
+use super::client::{is_kv_answer, kv_query, Fetcher};
 use super::failure::Failure;
 use super::listing::{self, ListingError};
 use super::LoopContext;
@@ -41,7 +41,7 @@ pub(crate) async fn run(ctx: LoopContext, interval: Duration) -> Result<(), Sour
             r = fetcher.get(&query, DEADLINE, &stats) => r,
         };
         let failure = match answer {
-            Ok(r) if r.status == StatusCode::OK || r.status == StatusCode::NOT_FOUND => {
+            Ok(r) if is_kv_answer(&r) => {
                 let index = r.index.unwrap_or(0).max(1);
                 ctx.succeeded(&mut backoff, index);
                 let found = r.status == StatusCode::OK;
