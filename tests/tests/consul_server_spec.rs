@@ -175,6 +175,7 @@ async fn bad_parameters_are_refused_like_consul() {
         ("/v1/kv/k?index=abc", 400, "Invalid index"),
         ("/v1/kv/k?index=1&wait=10", 400, "Invalid wait time"),
         ("/v1/kv/k?stale&consistent", 400, "conflicting"),
+        ("/v1/kv/k?max_stale=5s&consistent", 400, "conflicting"),
         ("/v1/kv/k?dc=elsewhere", 500, "No path to datacenter"),
         ("/v1/kv/k?ns=team", 400, "Enterprise"),
     ];

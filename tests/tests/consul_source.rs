@@ -378,6 +378,14 @@ async fn tls_with_a_test_ca_and_a_client_certificate() {
     server.put("tls/k", "still secure");
     src.until(|e, _| value(e, "tls/k") == Some(b"still secure")).await;
     src.stop().await;
+
+    // Without server_name the certificate is checked against the address's IP (a SAN of the test cert).
+    let mut cfg = config(server.url());
+    cfg.tls = Some(TlsFiles { server_name: None, ..tls_files(&pki, true) });
+    let mut src = Running::start(cfg, &["tls/"]);
+    let (_, e, _) = src.next().await;
+    assert_eq!(value(&e, "tls/k"), Some(&b"still secure"[..]));
+    src.stop().await;
 }
 
 #[tokio::test]

@@ -392,7 +392,8 @@ async fn get(shared: &Shared, key: &str, query: &Query, authz: &Authz, token_giv
             None => return error(shared, StatusCode::BAD_REQUEST, "Invalid wait time"),
         },
     };
-    if query.has("stale") && query.has("consistent") {
+    // `max_stale` acts as `stale` on KV reads.
+    if (query.has("stale") || query.has("max_stale")) && query.has("consistent") {
         return error(
             shared,
             StatusCode::BAD_REQUEST,
@@ -422,8 +423,9 @@ async fn get(shared: &Shared, key: &str, query: &Query, authz: &Authz, token_giv
         _ => DEFAULT_WAIT,
     };
     let jitter = timeout.as_nanos() as u64 / 16;
-    let deadline =
-        tokio::time::Instant::now() + timeout + Duration::from_nanos(if jitter > 0 { fastrand_u64(jitter) } else { 0 });
+    let deadline = tokio::time::Instant::now()
+        + timeout
+        + Duration::from_nanos(if jitter > 0 { fastrand::u64(0..jitter) } else { 0 });
     let mut changes = shared.changes.subscribe();
     let found = loop {
         changes.borrow_and_update();
@@ -460,13 +462,6 @@ async fn get(shared: &Shared, key: &str, query: &Query, authz: &Authz, token_giv
     }
     shared.default_policy_header(&mut r);
     r
-}
-
-fn fastrand_u64(below: u64) -> u64 {
-    // Good enough spread for the server's jitter, without another dependency.
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    u64::from(nanos) % below
 }
 
 /// Parses an optional unsigned number parameter; Consul answers 500 for a malformed one.
