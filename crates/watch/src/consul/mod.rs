@@ -4,17 +4,40 @@
 //! Each watched prefix gets its own loop and its own HTTP/1.1 connection (a blocking request occupies
 //! its connection for up to `wait`):
 //!
-//! - `watch` mode ([`blocking`]): `GET /v1/kv/<prefix>?recurse&index=N&wait=W`, resuming from the
+//! - `watch` mode (`blocking.rs`): `GET /v1/kv/<prefix>?recurse&index=N&wait=W`, resuming from the
 //!   `X-Consul-Index` of the previous answer, with the index rules Consul's documentation asks of a
-//!   client (see `blocking.rs`), a per-loop rate limit ([`rate`]) and a request deadline longer than
+//!   client (see `blocking.rs`), a per-loop rate limit (`rate.rs`) and a request deadline longer than
 //!   the server's own jittered wait.
-//! - `poll` mode ([`poll`]): a plain `GET /v1/kv/<prefix>?recurse` every `interval` (jittered); the
+//! - `poll` mode (`poll.rs`): a plain `GET /v1/kv/<prefix>?recurse` every `interval` (jittered); the
 //!   SHA-256 of the body decides whether anything changed.
 //!
-//! Both share the HTTP client ([`client`]: hyper 1 over TCP or rustls with ring, failover between
-//! addresses), the ACL token file ([`token`], re-read when it changes, never logged), the decoding of
-//! a listing ([`listing`]) and the classification of failures into "back off" and "slow retry"
-//! ([`failure`]).
+//! Both share the HTTP client (`client.rs`: hyper 1 over TCP or rustls with ring, failover between
+//! addresses), the ACL token file (`token.rs`, re-read when it changes, never logged), the decoding of
+//! a listing (`listing.rs`) and the classification of failures into "back off" and "slow retry"
+//! (`failure.rs`).
+//!
+//! ```no_run
+//! # use std::time::Duration;
+//! # use kvsync_watch::{Backoff, Mode, Source, UpdateSink};
+//! # use kvsync_watch::consul::{ConsulConfig, ConsulSource};
+//! # async fn example() -> Result<(), kvsync_watch::SourceError> {
+//! let source = ConsulSource::new(ConsulConfig {
+//!     addresses: vec!["http://127.0.0.1:8500".into()],
+//!     token_file: None,
+//!     tls: None,
+//!     wait: Duration::from_secs(60),
+//!     mode: Mode::Watch,
+//!     stale: false,
+//!     datacenter: None,
+//!     backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(30), None),
+//!     max_value_bytes: 512 * 1024,
+//! })?;
+//! let (sink, mut updates) = UpdateSink::channel("main", 16);
+//! let cancel = tokio_util::sync::CancellationToken::new();
+//! tokio::spawn(Box::new(source).run(vec!["config/app/".into()], sink, cancel.clone()));
+//! let first = updates.recv().await; // a Change::Full of everything under config/app/
+//! # Ok(()) }
+//! ```
 
 mod blocking;
 mod client;
