@@ -285,6 +285,23 @@ async fn stalled_connection_is_detected_and_the_watch_recovers() {
 }
 
 #[tokio::test]
+async fn dropped_connections_are_retried_until_the_path_heals() {
+    let server = ConsulServer::start().await.unwrap();
+    server.put("d/k", "v");
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    proxy.set_mode(ProxyMode::Drop);
+    let mut src = Running::start(config(proxy.url()), &["d/"]);
+    eventually("several refused attempts", || proxy.accepted() >= 2).await;
+    let msg = src.last_error().expect("the failure is reported");
+    assert!(msg.contains(&proxy.url()) && msg.contains("`d/`"), "{msg}");
+    assert!(src.rx.try_recv().is_none(), "nothing delivered while nothing was read");
+    proxy.set_mode(ProxyMode::Pass);
+    let (_, e, _) = src.next().await;
+    assert_eq!(value(&e, "d/k"), Some(&b"v"[..]));
+    src.stop().await;
+}
+
+#[tokio::test]
 async fn connection_reset_mid_body_is_retried() {
     let server = ConsulServer::start().await.unwrap();
     server.put("m/k", "1");

@@ -340,10 +340,9 @@ fn read(store: &Store, key: &str, mode: &ReadMode<'_>, authz: &Authz) -> Found {
                     },
                     None => k.to_string(),
                 };
-                if names.last() != Some(&name) {
-                    names.push(name);
-                }
+                names.push(name);
             }
+            // Keys are sorted, so folded names repeat only next to each other.
             names.dedup();
             if names.is_empty() && !key.is_empty() {
                 return not_found(index);
@@ -400,8 +399,7 @@ async fn get(shared: &Shared, key: &str, query: &Query, authz: &Authz, token_giv
             "Cannot specify ?stale with ?consistent, conflicting semantics.",
         );
     }
-    if let Some(dc) = query.value("dc").filter(|d| !d.is_empty() && *d != super::DATACENTER) {
-        let _ = dc;
+    if query.value("dc").is_some_and(|d| !d.is_empty() && d != super::DATACENTER) {
         return error(shared, StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter");
     }
     let mode = if query.has("keys") {
