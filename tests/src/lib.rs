@@ -2,5 +2,7 @@
 //! bounded waiting helpers. Backend fakes and launchers live in their own modules.
 #![forbid(unsafe_code)]
 
+pub mod consul_server;
+pub mod fault_proxy;
 pub mod kvsync;
 pub mod wait;

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod consul;
 pub mod engine;
 pub mod file;
 pub mod hash;
@@ -19,6 +20,7 @@ pub mod source;
 pub mod stats;
 
 pub use cache::Cache;
+pub use consul::{ConsulConfig, ConsulSource};
 pub use engine::{Engine, EngineBuilder, Subscription, View};
 pub use retry::Backoff;
 pub use snapshot::{Change, Entries, Snapshot, Update};

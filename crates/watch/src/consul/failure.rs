@@ -1,0 +1,172 @@
+//! Why a request to Consul failed, and how soon it may be tried again.
+//!
+//! Two retry speeds: transient trouble (a broken or stalled connection, 429 "rate limit", 5xx) backs
+//! off exponentially from `retry.initial`; a refusal that will not go away by itself (403: the token or
+//! its policy; 400: the request) is reported clearly and retried only at `retry.max`, because someone
+//! has to fix something (the token file is re-read on every try, so fixing it is enough).
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::stats::ErrorKind;
+
+/// A failed request, described without the token or any value.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// No address accepted a connection, or the connection broke before the answer was complete.
+    Connection { address: String, error: String },
+    /// The connection was open but the answer did not arrive in time: a stalled network path.
+    Stalled { address: String, after: Duration },
+    /// Consul answered with an error status. `body` is a cleaned excerpt of its message.
+    Status { address: String, status: StatusCode, body: String },
+    /// The answer arrived but cannot be understood (not the JSON Consul sends).
+    Malformed { address: String, error: String },
+    /// The token file cannot be read (or its content cannot be sent).
+    Token { error: String },
+    /// The TLS files cannot be read or do not fit together.
+    Tls { error: String },
+}
+
+/// How long to wait before the next try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Exponential backoff from `retry.initial` (transient trouble).
+    Backoff,
+    /// Only at `retry.max` (needs a fix by someone: token, policy, configuration).
+    Slow,
+}
+
+impl Failure {
+    pub fn retry(&self) -> Retry {
+        match self {
+            Failure::Connection { .. } | Failure::Stalled { .. } | Failure::Malformed { .. } => Retry::Backoff,
+            Failure::Status { status, .. } => match status.as_u16() {
+                429 | 500 | 502 | 503 | 504 => Retry::Backoff,
+                // 400, 403, 404 on something else than KV, 413, ...: repeating it will not help.
+                400..=499 => Retry::Slow,
+                // Any other 5xx: the server's trouble, likely transient.
+                _ => Retry::Backoff,
+            },
+            Failure::Token { .. } | Failure::Tls { .. } => Retry::Slow,
+        }
+    }
+
+    /// The counter this failure is counted in.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Failure::Connection { .. } | Failure::Stalled { .. } => ErrorKind::Connect,
+            Failure::Status { .. } => ErrorKind::Status,
+            Failure::Malformed { .. } | Failure::Token { .. } | Failure::Tls { .. } => ErrorKind::Other,
+        }
+    }
+
+    /// A message for logs and `/status` that says what failed for which prefix and what to do.
+    /// `token_file` is the configured path (the token itself is never part of a message).
+    pub fn describe(&self, prefix: &str, token_file: Option<&std::path::Path>) -> String {
+        match self {
+            Failure::Connection { address, error } => {
+                format!("consul: reading prefix `{prefix}` from {address} failed: {error}; retrying with backoff")
+            }
+            Failure::Stalled { address, after } => format!(
+                "consul: {address} did not answer the request for prefix `{prefix}` within {after:?} (the \
+                 blocking wait plus Consul's jitter and a margin): the connection stalled; reconnecting"
+            ),
+            Failure::Status { address, status, body } => {
+                let said = if body.is_empty() { String::new() } else { format!(": {body}") };
+                match status.as_u16() {
+                    403 => {
+                        let fix = match token_file {
+                            Some(p) => format!(
+                                "the ACL token in {} needs `key_prefix \"{prefix}\" {{ policy = \"read\" }}`; fix \
+                                 the token file (it is re-read when it changes) or the token's policy",
+                                p.display()
+                            ),
+                            None => format!(
+                                "no token_file is configured, so the agent's default token is used; set \
+                                 token_file to a token with read access to key prefix `{prefix}`"
+                            ),
+                        };
+                        format!("consul: permission denied reading prefix `{prefix}` from {address} (403{said}): {fix}; retrying slowly")
+                    }
+                    400 => format!(
+                        "consul: {address} rejected the request for prefix `{prefix}` (400{said}): check the \
+                         `datacenter` and `stale` settings and the prefix; retrying slowly"
+                    ),
+                    429 => format!(
+                        "consul: {address} is rate limiting requests for prefix `{prefix}` (429{said}); backing off"
+                    ),
+                    s @ 500..=599 => {
+                        format!("consul: {address} failed the request for prefix `{prefix}` ({s}{said}); backing off")
+                    }
+                    s => format!(
+                        "consul: unexpected answer {s} from {address} for prefix `{prefix}`{said}; check that the \
+                         address points at a Consul agent; retrying slowly"
+                    ),
+                }
+            }
+            Failure::Malformed { address, error } => {
+                format!("consul: the answer from {address} for prefix `{prefix}` cannot be read: {error}; retrying")
+            }
+            Failure::Token { error } => format!("consul: prefix `{prefix}`: {error}; retrying slowly"),
+            Failure::Tls { error } => format!("consul: prefix `{prefix}`: TLS setup failed: {error}; retrying slowly"),
+        }
+    }
+}
+
+/// A short, printable excerpt of an error body: the first line-ish of what Consul said, with control
+/// characters removed, and with `secret` (the token, if any) blanked out in case a proxy echoes it.
+pub(crate) fn excerpt(body: &[u8], secret: Option<&[u8]>) -> String {
+    const MAX: usize = 200;
+    let text = String::from_utf8_lossy(body);
+    let mut text: String = text.trim().chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if let Some(secret) = secret.and_then(|s| std::str::from_utf8(s).ok()).filter(|s| !s.is_empty()) {
+        text = text.replace(secret, "<redacted>");
+    }
+    if text.chars().count() > MAX {
+        text = text.chars().take(MAX).collect::<String>() + "...";
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> Failure {
+        Failure::Status {
+            address: "http://127.0.0.1:8500".into(),
+            status: StatusCode::from_u16(code).unwrap(),
+            body: "Permission denied".into(),
+        }
+    }
+
+    #[test]
+    fn transient_statuses_back_off_and_refusals_retry_slowly() {
+        for code in [429, 500, 502, 503, 504] {
+            assert_eq!(status(code).retry(), Retry::Backoff, "{code}");
+        }
+        for code in [400, 403, 413] {
+            assert_eq!(status(code).retry(), Retry::Slow, "{code}");
+        }
+    }
+
+    #[test]
+    fn forbidden_names_the_prefix_and_the_fix() {
+        let msg = status(403).describe("config/app/", Some(std::path::Path::new("/run/secrets/consul-token")));
+        assert!(msg.contains("`config/app/`"), "{msg}");
+        assert!(msg.contains("/run/secrets/consul-token"), "{msg}");
+        assert!(msg.contains("key_prefix"), "{msg}");
+        let msg = status(403).describe("config/app/", None);
+        assert!(msg.contains("token_file"), "{msg}");
+    }
+
+    #[test]
+    fn excerpt_is_short_printable_and_redacted() {
+        let e = excerpt(b"ACL not found\r\n", None);
+        assert_eq!(e, "ACL not found");
+        let e = excerpt(b"bad token s3cr3t here", Some(b"s3cr3t"));
+        assert_eq!(e, "bad token <redacted> here");
+        assert!(excerpt(&[b'x'; 1000], None).len() < 210);
+    }
+}

@@ -1,0 +1,439 @@
+//! The test Consul server against specs/consul-kv.md, spoken to with a bare HTTP/1.1 client so that
+//! what is checked is what is on the wire (header casing included).
+
+use std::time::{Duration, Instant};
+
+use kvsync_tests::consul_server::{Access, ConsulServer, MAX_VALUE_SIZE};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BOUND: Duration = Duration::from_secs(10);
+
+/// An answer as it came off the wire.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    /// The header block exactly as sent.
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+    fn index(&self) -> Option<u64> {
+        self.header("X-Consul-Index").and_then(|v| v.parse().ok())
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One request on its own connection (`Connection: close`), bounded by `BOUND`.
+async fn call(server: &ConsulServer, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    tokio::time::timeout(BOUND, async {
+        let mut s = TcpStream::connect(server.addr()).await.unwrap();
+        let mut req = format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+        if method == "PUT" || !body.is_empty() {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        s.write_all(body).await.unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.unwrap();
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
+        let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let rest = raw[split + 4..].to_vec();
+        let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+        let body = if chunked { dechunk(&rest) } else { rest };
+        Reply { status, head, body }
+    })
+    .await
+    .expect("an answer within the bound")
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16).unwrap();
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+async fn get(server: &ConsulServer, target: &str) -> Reply {
+    call(server, "GET", target, &[], b"").await
+}
+
+async fn put(server: &ConsulServer, target: &str, body: &[u8]) -> Reply {
+    call(server, "PUT", target, &[], body).await
+}
+
+#[tokio::test]
+async fn get_answers_consuls_json_with_its_headers() {
+    let server = ConsulServer::start().await.unwrap();
+    let r = put(&server, "/v1/kv/app/a", b"hello").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "true"));
+    assert!(r.index().is_none(), "writes carry no X-Consul-Index");
+
+    let r = get(&server, "/v1/kv/app/a").await;
+    assert_eq!(r.status, 200);
+    let modify = r.json()[0]["ModifyIndex"].as_u64().unwrap();
+    assert_eq!(r.index(), Some(modify), "a key's index is its ModifyIndex");
+    let expected = format!(
+        r#"[{{"LockIndex":0,"Key":"app/a","Flags":0,"Value":"aGVsbG8=","CreateIndex":{modify},"ModifyIndex":{modify}}}]"#
+    );
+    assert_eq!(r.text(), expected, "field order, base64 value, no Session");
+    // Go's canonical header casing on the wire.
+    for h in ["X-Consul-Index:", "X-Consul-Knownleader: true", "X-Consul-Query-Backend: blocking-query"] {
+        assert!(r.head.contains(h), "{h} in {}", r.head);
+    }
+    assert!(r.head.contains("X-Consul-Default-Acl-Policy: allow"), "{}", r.head);
+}
+
+#[tokio::test]
+async fn empty_values_are_null_and_flags_reset_when_absent() {
+    let server = ConsulServer::start().await.unwrap();
+    put(&server, "/v1/kv/k?flags=42", b"x").await;
+    assert_eq!(get(&server, "/v1/kv/k").await.json()[0]["Flags"], 42);
+    put(&server, "/v1/kv/k", b"").await;
+    let j = get(&server, "/v1/kv/k").await.json();
+    assert_eq!(j[0]["Flags"], 0, "PUT without flags resets them");
+    assert!(j[0]["Value"].is_null(), "an empty body is stored as null");
+    let r = put(&server, "/v1/kv/k?flags=abc", b"x").await;
+    assert_eq!(r.status, 500, "a malformed number is a 500: {}", r.text());
+}
+
+#[tokio::test]
+async fn not_found_still_carries_the_index() {
+    let server = ConsulServer::start().await.unwrap();
+    let r = get(&server, "/v1/kv/missing").await;
+    assert_eq!((r.status, r.body.len()), (404, 0));
+    assert_eq!(r.index(), Some(1), "the index is floored at 1 on an empty store");
+    server.put("other", "x");
+    server.put("other", "y");
+    let r = get(&server, "/v1/kv/empty/?recurse").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.index(), Some(2), "an empty prefix has the global index");
+    let r = get(&server, "/v1/kv/missing").await;
+    assert_eq!(r.index(), Some(2), "a missing key has the global index");
+    // keys on the root answers [] even when empty; on a missing prefix 404.
+    let empty = ConsulServer::start().await.unwrap();
+    let r = get(&empty, "/v1/kv/?keys").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "[]"));
+    assert_eq!(get(&server, "/v1/kv/nothing/?keys").await.status, 404);
+}
+
+#[tokio::test]
+async fn flags_are_presence_only_lists_are_sorted_and_keys_fold() {
+    let server = ConsulServer::start().await.unwrap();
+    for k in ["a/e", "a/b/d", "a/b/c", "b/x"] {
+        server.put(k, "v");
+    }
+    let j = get(&server, "/v1/kv/a/?recurse=false").await.json();
+    let keys: Vec<_> = j.as_array().unwrap().iter().map(|e| e["Key"].as_str().unwrap().to_string()).collect();
+    assert_eq!(keys, ["a/b/c", "a/b/d", "a/e"], "recurse=false recurses; sorted by key");
+    assert_eq!(get(&server, "/v1/kv/a/?keys").await.json(), serde_json::json!(["a/b/c", "a/b/d", "a/e"]));
+    assert_eq!(get(&server, "/v1/kv/a/?keys&separator=/").await.json(), serde_json::json!(["a/b/", "a/e"]));
+    assert_eq!(get(&server, "/v1/kv/a/?keys&seperator=/").await.json(), serde_json::json!(["a/b/", "a/e"]));
+    // keys wins over recurse.
+    assert_eq!(get(&server, "/v1/kv/b/?recurse&keys").await.json(), serde_json::json!(["b/x"]));
+}
+
+#[tokio::test]
+async fn raw_answers_the_bytes() {
+    let server = ConsulServer::start().await.unwrap();
+    server.put("r", "plain text");
+    let r = get(&server, "/v1/kv/r?raw").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "plain text"));
+    assert!(r.index().is_some());
+    assert_eq!(r.header("X-Content-Type-Options"), Some("nosniff"));
+}
+
+#[tokio::test]
+async fn bad_parameters_are_refused_like_consul() {
+    let server = ConsulServer::start().await.unwrap();
+    let cases = [
+        ("/v1/kv/k?index=abc", 400, "Invalid index"),
+        ("/v1/kv/k?index=1&wait=10", 400, "Invalid wait time"),
+        ("/v1/kv/k?stale&consistent", 400, "conflicting"),
+        ("/v1/kv/k?max_stale=5s&consistent", 400, "conflicting"),
+        ("/v1/kv/k?dc=elsewhere", 500, "No path to datacenter"),
+        ("/v1/kv/k?ns=team", 400, "Enterprise"),
+    ];
+    for (target, status, text) in cases {
+        let r = get(&server, target).await;
+        assert_eq!(r.status, status, "{target}: {}", r.text());
+        assert!(r.text().contains(text), "{target}: {}", r.text());
+        assert!(r.index().is_none(), "{target}: errors carry no X-Consul-Index");
+    }
+    let r = get(&server, "/v1/kv//k").await;
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("Location"), Some("/v1/kv/k"));
+    assert_eq!(get(&server, "/v1/kv/a%01b").await.status, 400, "unprintable key");
+}
+
+#[tokio::test]
+async fn blocking_query_wakes_on_a_change_and_index_zero_never_blocks() {
+    let server = ConsulServer::start().await.unwrap();
+    server.put("w/k", "1");
+    let index = server.prefix_index("w/");
+    let started = Instant::now();
+    let r = get(&server, "/v1/kv/w/?recurse&index=0&wait=5s").await;
+    assert_eq!(r.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(4), "index=0 answers at once");
+
+    let server = std::sync::Arc::new(server);
+    let writer = {
+        let server = std::sync::Arc::clone(&server);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            server.put("w/k", "2");
+        })
+    };
+    let started = Instant::now();
+    let r = get(&server, &format!("/v1/kv/w/?recurse&index={index}&wait=5s")).await;
+    assert!(started.elapsed() < Duration::from_secs(4), "woken by the write, not the timeout");
+    assert!(r.index().unwrap() > index);
+    writer.await.unwrap();
+}
+
+#[tokio::test]
+async fn timeout_without_change_answers_the_same_index_and_identical_writes_do_not_wake() {
+    let server = std::sync::Arc::new(ConsulServer::start().await.unwrap());
+    server.put("i/k", "same");
+    let index = server.prefix_index("i/");
+    let writer = {
+        let server = std::sync::Arc::clone(&server);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(!server.put("i/k", "same"));
+        })
+    };
+    let started = Instant::now();
+    let r = get(&server, &format!("/v1/kv/i/?recurse&index={index}&wait=500ms")).await;
+    assert!(started.elapsed() >= Duration::from_millis(500), "held for the whole wait");
+    assert_eq!((r.status, r.index()), (200, Some(index)), "same body, same index");
+    writer.await.unwrap();
+}
+
+#[tokio::test]
+async fn missing_key_blocks_through_unrelated_writes() {
+    let server = std::sync::Arc::new(ConsulServer::start().await.unwrap());
+    server.put("unrelated", "1");
+    let global = get(&server, "/v1/kv/nokey").await.index().unwrap();
+    let writer = {
+        let server = std::sync::Arc::clone(&server);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            server.put("unrelated", "2");
+        })
+    };
+    let started = Instant::now();
+    let r = get(&server, &format!("/v1/kv/nokey?index={global}&wait=600ms")).await;
+    assert!(started.elapsed() >= Duration::from_millis(600), "an unrelated write does not wake it");
+    assert_eq!(r.status, 404);
+    assert!(r.index().unwrap() > global, "the answer carries the new global index");
+    writer.await.unwrap();
+}
+
+#[tokio::test]
+async fn client_index_ahead_waits_the_full_wait_then_answers_lower() {
+    let server = ConsulServer::start().await.unwrap();
+    server.put("h/k", "v");
+    let started = Instant::now();
+    let r = get(&server, "/v1/kv/h/?recurse&index=1000&wait=400ms").await;
+    assert!(started.elapsed() >= Duration::from_millis(400), "no early return");
+    assert_eq!(r.status, 200);
+    assert!(r.index().unwrap() < 1000, "answers with the lower index");
+}
+
+#[tokio::test]
+async fn tombstones_raise_a_prefix_index_and_reaping_lowers_it() {
+    let server = ConsulServer::start().await.unwrap();
+    server.put("t/a", "1");
+    server.put("t/b", "1");
+    server.put("elsewhere", "1");
+    let before = get(&server, "/v1/kv/t/?recurse").await.index().unwrap();
+    let r = call(&server, "DELETE", "/v1/kv/t/b", &[], b"").await;
+    assert_eq!(r.text(), "true");
+    let after_delete = get(&server, "/v1/kv/t/?recurse").await.index().unwrap();
+    assert!(after_delete > before, "the delete's tombstone raises the index");
+    server.reap_tombstones();
+    let after_reap = get(&server, "/v1/kv/t/?recurse").await.index().unwrap();
+    assert!(after_reap < after_delete, "reaped: the index went backwards");
+}
+
+#[tokio::test]
+async fn cas_and_conflicting_parameters() {
+    let server = ConsulServer::start().await.unwrap();
+    assert_eq!(put(&server, "/v1/kv/c?cas=0", b"1").await.text(), "true", "create-only on a new key");
+    assert_eq!(put(&server, "/v1/kv/c?cas=0", b"2").await.text(), "false", "create-only on an existing key");
+    let m = server.get("c").unwrap().modify_index;
+    assert_eq!(put(&server, &format!("/v1/kv/c?cas={}", m + 5), b"3").await.text(), "false");
+    assert_eq!(put(&server, &format!("/v1/kv/c?cas={m}"), b"3").await.text(), "true");
+    let r = put(&server, "/v1/kv/c?cas=1&acquire=abc", b"x").await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(put(&server, "/v1/kv/c?cas=x", b"x").await.status, 500);
+    // DELETE with cas: true when deleted or absent, false on a mismatch.
+    let m = server.get("c").unwrap().modify_index;
+    assert_eq!(call(&server, "DELETE", &format!("/v1/kv/c?cas={}", m + 1), &[], b"").await.text(), "false");
+    assert_eq!(call(&server, "DELETE", &format!("/v1/kv/c?cas={m}"), &[], b"").await.text(), "true");
+    assert_eq!(call(&server, "DELETE", "/v1/kv/c?cas=99", &[], b"").await.text(), "true");
+    assert_eq!(call(&server, "DELETE", "/v1/kv/never", &[], b"").await.text(), "true");
+}
+
+#[tokio::test]
+async fn delete_recurse_removes_a_subtree() {
+    let server = ConsulServer::start().await.unwrap();
+    for k in ["d/a", "d/b/c", "dz"] {
+        server.put(k, "v");
+    }
+    assert_eq!(call(&server, "DELETE", "/v1/kv/d/?recurse", &[], b"").await.text(), "true");
+    assert_eq!(get(&server, "/v1/kv/d/?recurse").await.status, 404);
+    assert_eq!(get(&server, "/v1/kv/dz").await.status, 200);
+}
+
+#[tokio::test]
+async fn values_over_512_kib_are_refused() {
+    let server = ConsulServer::start().await.unwrap();
+    let r = put(&server, "/v1/kv/big", &vec![b'x'; MAX_VALUE_SIZE + 1]).await;
+    assert_eq!(r.status, 413);
+    assert!(
+        r.text().contains(&format!("Request body({} bytes) too large, max size: 524288 bytes", MAX_VALUE_SIZE + 1)),
+        "{}",
+        r.text()
+    );
+    assert_eq!(put(&server, "/v1/kv/big", &vec![b'x'; MAX_VALUE_SIZE]).await.text(), "true");
+}
+
+#[tokio::test]
+async fn acl_refuses_single_keys_and_filters_lists() {
+    let server = ConsulServer::start().await.unwrap();
+    server.put("a/one", "1");
+    server.put("a/two", "2");
+    server.put("b/x", "3");
+    server.set_token("reader", &[("a/", Access::Read)]);
+    let with = |t: &'static str| vec![("X-Consul-Token", t)];
+
+    let r = call(&server, "GET", "/v1/kv/b/x", &with("reader"), b"").await;
+    assert_eq!(r.status, 403);
+    assert!(r.text().starts_with("Permission denied: token with AccessorID '"), "{}", r.text());
+    assert!(r.text().contains("lacks permission 'key:read' on \"b/x\""), "{}", r.text());
+    assert!(!r.text().contains("reader"), "never the secret");
+    let r = call(&server, "GET", "/v1/kv/b/missing", &with("reader"), b"").await;
+    assert_eq!(r.status, 403, "403 even for a missing key");
+
+    let r = call(&server, "GET", "/v1/kv/?recurse", &with("reader"), b"").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json().as_array().unwrap().len(), 2, "the list is filtered");
+    assert_eq!(r.header("X-Consul-Results-Filtered-By-Acls"), Some("true"));
+    assert_eq!(r.header("X-Consul-Default-Acl-Policy"), Some("deny"));
+    assert_eq!(call(&server, "GET", "/v1/kv/b/?recurse", &with("reader"), b"").await.status, 404, "fully filtered");
+
+    let r = call(&server, "GET", "/v1/kv/a/one", &with("nobody-knows-me"), b"").await;
+    assert_eq!((r.status, r.text().as_str()), (403, "ACL not found"));
+    assert_eq!(get(&server, "/v1/kv/a/one").await.status, 403, "anonymous has no access");
+
+    // Precedence: ?token= over X-Consul-Token over Authorization: Bearer.
+    let r = call(&server, "GET", "/v1/kv/a/one?token=reader", &with("nobody-knows-me"), b"").await;
+    assert_eq!(r.status, 200);
+    let r = call(&server, "GET", "/v1/kv/a/one", &[("X-Consul-Token", "reader"), ("Authorization", "Bearer bad")], b"")
+        .await;
+    assert_eq!(r.status, 200);
+    let r = call(&server, "GET", "/v1/kv/a/one", &[("Authorization", "Bearer reader")], b"").await;
+    assert_eq!(r.status, 200);
+    let r = call(&server, "PUT", "/v1/kv/a/one", &with("reader"), b"x").await;
+    assert_eq!(r.status, 403);
+    assert!(r.text().contains("'key:write'"), "{}", r.text());
+}
+
+#[tokio::test]
+async fn controls_inject_statuses_hangs_and_count_requests() {
+    let server = ConsulServer::start().await.unwrap();
+    server.put("c/k", "v");
+    server.fail_next(429, 2);
+    assert_eq!(get(&server, "/v1/kv/c/k").await.status, 429);
+    let r = get(&server, "/v1/kv/c/k").await;
+    assert_eq!((r.status, r.text().as_str()), (429, "Rate limit reached, try again later"));
+    assert!(r.index().is_none());
+    assert_eq!(get(&server, "/v1/kv/c/k").await.status, 200);
+    server.fail_next(503, 1);
+    assert_eq!(get(&server, "/v1/kv/c/k").await.status, 503);
+    server.fail_next(500, 1);
+    assert_eq!(get(&server, "/v1/kv/c/k").await.status, 500);
+    assert_eq!(server.requests("/v1/kv/c/k"), 5);
+
+    server.hang_next(1);
+    let hung = tokio::time::timeout(Duration::from_millis(300), get(&server, "/v1/kv/c/k")).await;
+    assert!(hung.is_err(), "a hung request gets no answer");
+
+    server.set_delay(Duration::from_millis(300));
+    let started = Instant::now();
+    assert_eq!(get(&server, "/v1/kv/c/k").await.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    server.clear_faults();
+
+    server.fail_for(500, Duration::from_millis(200));
+    assert_eq!(get(&server, "/v1/kv/c/k").await.status, 500);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(get(&server, "/v1/kv/c/k").await.status, 200);
+}
+
+#[tokio::test]
+async fn truncated_answers_break_off_mid_body() {
+    let server = ConsulServer::start().await.unwrap();
+    server.put("tr/k", "x".repeat(4000));
+    server.truncate_next(1);
+    let mut s = TcpStream::connect(server.addr()).await.unwrap();
+    s.write_all(b"GET /v1/kv/tr/k HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(BOUND, s.read_to_end(&mut raw)).await.unwrap();
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a content length");
+    assert!(read.is_err() || raw.len() - head_end < length, "the body is cut short");
+    // The next answer is whole.
+    assert_eq!(get(&server, "/v1/kv/tr/k").await.status, 200);
+}
+
+#[tokio::test]
+async fn index_resets_take_the_index_back() {
+    let server = ConsulServer::start().await.unwrap();
+    server.put("x/a", "1");
+    let snap = server.snapshot();
+    let at_snapshot = server.prefix_index("x/");
+    server.put("x/b", "2");
+    assert!(server.prefix_index("x/") > at_snapshot);
+    server.restore(snap);
+    assert_eq!(server.prefix_index("x/"), at_snapshot);
+    assert!(server.get("x/b").is_none());
+    server.put("x/c", "3");
+    server.put("x/d", "4");
+    let high = server.prefix_index("x/");
+    server.force_index_reset();
+    assert!(server.prefix_index("x/") < high);
+    assert_eq!(get(&server, "/v1/kv/x/?keys").await.json(), serde_json::json!(["x/a", "x/c", "x/d"]));
+}
