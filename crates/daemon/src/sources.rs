@@ -21,9 +21,20 @@ pub fn build(cfg: &Config, s: &SourceConfig) -> Result<BuiltSource, String> {
         SourceKind::File { path } => {
             Box::new(kvsync_watch::file::FileSource { root: path.clone(), mode: s.mode, max_value_bytes, backoff })
         }
-        SourceKind::Consul { .. } => {
-            return Err(format!("source `{}`: the consul source is not available in this build", s.name))
-        }
+        SourceKind::Consul { addresses, token_file, tls, wait, stale, datacenter } => Box::new(
+            kvsync_watch::consul::ConsulSource::new(kvsync_watch::consul::ConsulConfig {
+                addresses: addresses.clone(),
+                token_file: token_file.clone(),
+                tls: tls.clone(),
+                wait: *wait,
+                mode: s.mode,
+                stale: *stale,
+                datacenter: datacenter.clone(),
+                backoff,
+                max_value_bytes,
+            })
+            .map_err(|e| format!("source `{}`: {e}", s.name))?,
+        ),
         SourceKind::Etcd { .. } => {
             return Err(format!("source `{}`: the etcd source is not available in this build", s.name))
         }
