@@ -21,7 +21,7 @@ pub fn binary() -> anyhow::Result<PathBuf> {
 
 /// A running kvsync, killed on drop; its log goes to `log`.
 pub struct Kvsync {
-    child: Child,
+    child: std::sync::Mutex<Child>,
     pub log: PathBuf,
     pub started: Instant,
 }
@@ -37,11 +37,11 @@ impl Kvsync {
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()?;
-        Ok(Kvsync { child, log: log.to_path_buf(), started: Instant::now() })
+        Ok(Kvsync { child: std::sync::Mutex::new(child), log: log.to_path_buf(), started: Instant::now() })
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.lock().unwrap().id()
     }
 
     pub fn log_text(&self) -> String {
@@ -72,7 +72,8 @@ impl Kvsync {
 
 impl Drop for Kvsync {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

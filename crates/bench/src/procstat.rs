@@ -29,7 +29,6 @@ pub fn cpu(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-#[allow(dead_code)] // for the network backends
 /// Established TCP connections of `pid` to `remote_port` on loopback (IPv4 and IPv6).
 pub fn tcp_connections(pid: u32, remote_port: u16) -> usize {
     let mut inodes = HashSet::new();

@@ -1,5 +1,6 @@
 //! The scenarios, per backend. Each starts its own backend and its own kvsync process.
 
+mod consul;
 mod file;
 
 use std::path::Path;
@@ -14,6 +15,9 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
     if args.backend("file") {
         file::run(args, &mut report)?;
     }
+    if args.backend("consul") {
+        consul::run(args, &mut report).await?;
+    }
     Ok(report)
 }
 
@@ -21,7 +25,6 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
 pub struct Counts {
     pub latency_changes: usize,
     pub latency_rate_per_s: u64,
-    #[allow(dead_code)] // for the network backends
     pub poll_changes: usize,
     pub burst_changes: usize,
     pub burst_keys: usize,

@@ -1,0 +1,230 @@
+//! Consul: the Consul KV test server (it follows specs/consul-kv.md), kvsync in watch and poll mode.
+//! The reference is a bare blocking-query client inside the benchmark on the same server.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use http_body_util::{BodyExt, Empty};
+use kvsync_tests::consul_server::ConsulServer;
+
+use super::{pace, wait_for, write_config, Counts};
+use crate::dest;
+use crate::kvsync_proc::Kvsync;
+use crate::measure::{seq_in, value, Recorder};
+use crate::procstat;
+use crate::report::{BurstRow, IdleRow, LatencyRow, Report, ScaleRow};
+use crate::Args;
+
+const T: Duration = Duration::from_secs(120);
+
+pub async fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
+    let c = Counts::of(args);
+    if args.wants("latency") {
+        eprintln!("consul: latency (watch) ...");
+        report.latency.push(latency(&c, "watch").await?);
+        eprintln!("consul: latency (poll 1s) ...");
+        report.latency.push(latency(&c, "poll").await?);
+    }
+    if args.wants("burst") {
+        eprintln!("consul: burst ...");
+        report.burst.push(burst(&c).await?);
+    }
+    if args.wants("scale") {
+        eprintln!("consul: scale ...");
+        report.scale.push(scale(&c).await?);
+    }
+    if args.wants("idle") {
+        for mode in ["watch", "poll"] {
+            eprintln!("consul: idle ({mode}) ...");
+            report.idle.push(idle(&c, mode).await?);
+        }
+    }
+    Ok(())
+}
+
+fn source(url: &str, mode: &str) -> String {
+    match mode {
+        "poll" => format!("  - {{ name: c, type: consul, address: {url}, mode: poll, interval: 1s }}\n"),
+        _ => format!("  - {{ name: c, type: consul, address: {url}, wait: 60s }}\n"),
+    }
+}
+
+/// A bare blocking-query loop on `prefix`: records every sequence number it sees.
+async fn bare_watcher(addr: std::net::SocketAddr, prefix: String, rec: Arc<Recorder>) -> anyhow::Result<()> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut index = 0u64;
+    loop {
+        let req = hyper::Request::get(format!("/v1/kv/{prefix}?recurse&index={index}&wait=60s"))
+            .header("host", addr.to_string())
+            .body(Empty::<bytes::Bytes>::new())?;
+        let resp = send.send_request(req).await?;
+        let new_index: u64 =
+            resp.headers().get("x-consul-index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(1);
+        let body = resp.into_body().collect().await?.to_bytes();
+        if new_index != index {
+            if let Ok(serde_json::Value::Array(items)) = serde_json::from_slice::<serde_json::Value>(&body) {
+                for it in items {
+                    if let Some(v) = it["Value"].as_str() {
+                        if let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(v) {
+                            if let Some(s) = seq_in(&raw) {
+                                rec.saw(s);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        index = if new_index < index { 0 } else { new_index.max(1) };
+    }
+}
+
+async fn latency(c: &Counts, mode: &str) -> anyhow::Result<LatencyRow> {
+    let server = ConsulServer::start().await?;
+    server.put("bench/k", value(0, 1024));
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("app.json");
+    let cfg = write_config(
+        dir.path(),
+        &source(&server.url(), mode),
+        &format!("  - {{ name: app, source: c, prefix: bench/, format: json, destination: {} }}\n", out.display()),
+    )?;
+    let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
+    tokio::task::block_in_place(|| k.wait_log("every output has rendered", T))?;
+    let subject = Arc::new(Recorder::default());
+    let baseline = Arc::new(Recorder::default());
+    let _w = dest::watch(&out, Arc::clone(&subject), false)?;
+    let watcher = tokio::spawn(bare_watcher(server.addr(), "bench/".into(), Arc::clone(&baseline)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (n, rate) = if mode == "poll" { (c.poll_changes as u64, 1) } else { (c.latency_changes as u64, c.latency_rate_per_s) };
+    let start = Instant::now();
+    for seq in 1..=n {
+        server.put("bench/k", value(seq, 1024));
+        let at = Instant::now();
+        subject.ack(seq, at);
+        baseline.ack(seq, at);
+        // Poll mode sees one change per interval at best: pace one change per 1.3 s, off the interval's beat.
+        if mode == "poll" {
+            tokio::time::sleep_until((start + Duration::from_millis(1300 * seq)).into()).await;
+        } else {
+            tokio::task::block_in_place(|| pace(start, seq, rate));
+        }
+    }
+    tokio::task::block_in_place(|| wait_for("the last change on disk", T, || subject.has_seen(n)))?;
+    watcher.abort();
+    Ok(LatencyRow {
+        mode: format!("consul {mode}{}", if mode == "poll" { " (1 s)" } else { "" }),
+        reference: "bare blocking-query client".into(),
+        subject: subject.latencies(),
+        baseline: baseline.latencies(),
+        changes: n as usize,
+        target: (mode == "watch").then_some((2.0, 10.0)),
+    })
+}
+
+async fn burst(c: &Counts) -> anyhow::Result<BurstRow> {
+    let server = ConsulServer::start().await?;
+    for i in 0..c.burst_keys {
+        server.put(&format!("bench/k{i:05}"), "init");
+    }
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("app.json");
+    let cfg = write_config(
+        dir.path(),
+        &source(&server.url(), "watch"),
+        &format!("  - {{ name: app, source: c, prefix: bench/, format: json, destination: {} }}\n", out.display()),
+    )?;
+    let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
+    tokio::task::block_in_place(|| k.wait_log("every output has rendered", T))?;
+    let writes_before = k.writes();
+    let rec = Arc::new(Recorder::default());
+    let _w = dest::watch(&out, Arc::clone(&rec), true)?;
+    let n = c.burst_changes as u64;
+    let start = Instant::now();
+    for seq in 1..=n {
+        server.put(&format!("bench/k{:05}", seq as usize % c.burst_keys), value(seq, 100));
+    }
+    let last_ack = Instant::now();
+    rec.ack(n, last_ack);
+    tokio::task::block_in_place(|| wait_for("the final state on disk", T, || rec.has_seen(n)))?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(BurstRow {
+        backend: "consul".into(),
+        changes: n as usize,
+        keys: c.burst_keys,
+        write_time: last_ack - start,
+        final_after: rec.latencies().first().copied().unwrap_or_default(),
+        renders: k.writes() - writes_before,
+        peak_rss: procstat::peak_rss(k.pid()),
+    })
+}
+
+async fn scale(c: &Counts) -> anyhow::Result<ScaleRow> {
+    let server = ConsulServer::start().await?;
+    let mut raw = 0u64;
+    for i in 0..c.scale_keys {
+        let size = 100 + (i * 7919) % 925;
+        let key = format!("bench/k{i:06}");
+        raw += (size + key.len() - "bench/".len()) as u64;
+        server.put(&key, vec![b'v'; size]);
+    }
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("app.json");
+    let cfg = write_config(
+        dir.path(),
+        &source(&server.url(), "watch"),
+        &format!(
+            "  - {{ name: app, source: c, prefix: bench/, format: json, destination: {} }}\nlimits: {{ max_keys: 2000000 }}\n",
+            out.display()
+        ),
+    )?;
+    let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
+    let synced = tokio::task::block_in_place(|| k.wait_log("every output has rendered", T))?;
+    let rec = Arc::new(Recorder::default());
+    let _w = dest::watch(&out, Arc::clone(&rec), false)?;
+    server.put("bench/k000001", value(1, 200));
+    rec.ack(1, Instant::now());
+    tokio::task::block_in_place(|| wait_for("one change at scale", T, || rec.has_seen(1)))?;
+    Ok(ScaleRow {
+        backend: "consul".into(),
+        format: "json".into(),
+        keys: c.scale_keys,
+        raw_bytes: raw,
+        initial_sync: synced - k.started,
+        peak_rss: procstat::peak_rss(k.pid()),
+        one_change: rec.latencies().first().copied().unwrap_or_default(),
+    })
+}
+
+async fn idle(c: &Counts, mode: &str) -> anyhow::Result<IdleRow> {
+    let server = ConsulServer::start().await?;
+    for p in ["a", "b", "c"] {
+        server.put(&format!("{p}/k"), "v");
+    }
+    let dir = tempfile::tempdir()?;
+    let o = dir.path();
+    let outputs: String = ["a", "b", "c"]
+        .iter()
+        .map(|p| format!("  - {{ name: {p}, source: c, prefix: {p}/, format: json, destination: {}/{p}.json }}\n", o.display()))
+        .collect();
+    let cfg = write_config(dir.path(), &source(&server.url(), mode), &outputs)?;
+    let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
+    tokio::task::block_in_place(|| k.wait_log("every output has rendered", T))?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu0 = procstat::cpu(k.pid());
+    let req0 = server.total_requests();
+    tokio::time::sleep(Duration::from_secs(c.idle_seconds)).await;
+    let requests = server.total_requests() - req0;
+    Ok(IdleRow {
+        backend: "consul".into(),
+        mode: if mode == "poll" { "poll (1 s)".into() } else { "watch (wait 60s)".into() },
+        seconds: c.idle_seconds,
+        rss: procstat::rss(k.pid()),
+        cpu: procstat::cpu(k.pid()).saturating_sub(cpu0),
+        connections: procstat::tcp_connections(k.pid(), server.addr().port()),
+        requests_per_min: Some(requests as f64 * 60.0 / c.idle_seconds as f64),
+    })
+}
