@@ -136,7 +136,22 @@ pub struct RawExec {
     #[serde(default, deserialize_with = "text")]
     pub kill_timeout: Option<String>,
     pub restart: Option<String>,
+    /// Shortest time between two starts of the child (restart actions and crashes).
+    #[serde(default, deserialize_with = "text")]
+    pub min_restart_interval: Option<String>,
+    /// Backoff between restarts after the child exits (on-failure, always).
+    pub restart_backoff: Option<RawWait2>,
     pub env: Option<RawExecEnv>,
+}
+
+/// `{ initial, max }` durations.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawWait2 {
+    #[serde(default, deserialize_with = "text")]
+    pub initial: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub max: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
