@@ -1,17 +1,21 @@
 //! The daemon loop: waits for source changes, applies quiescence, runs render passes, then actions.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvsync_watch::{EngineBuilder, Subscription, View};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::actions::{self, PassReport};
-use crate::config::Config;
+use crate::actions::{self, PassReport, Reach};
+use crate::child::{self, ChildHandle, ChildSpec, Env, Requests};
+use crate::config::{Config, ExecEnv};
 use crate::output::{Outcome, OutputRuntime, OutputStats};
 use crate::sources;
-use crate::state::{OutputState, Shared, SourceState};
+use crate::state::{ActionKind, ActionStats, ChildState, OutputState, Shared, SourceState};
 
 /// How often the daemon says what it is still waiting for before the first render.
 const PENDING_LOG_EVERY: Duration = Duration::from_secs(5);
@@ -23,6 +27,66 @@ pub enum RunMode {
     Run,
     /// Render every output once, run actions, and return; give up after `timeout`.
     Once { timeout: Option<Duration> },
+}
+
+/// What outlives one run of the render loop: a config reload starts a new loop (new sources, new
+/// outputs) with the same session, so counters, the child and what has rendered carry over.
+#[derive(Default)]
+pub struct Session {
+    /// Actions by kind and result.
+    pub actions: Arc<ActionStats>,
+    /// The supervised child as reported.
+    pub child_state: Arc<ChildState>,
+    /// Names of the outputs that have rendered since kvsync started: their next write is not a
+    /// "first render" for `on_start`, even after a reload.
+    pub rendered: BTreeSet<String>,
+    /// Render passes that wrote something (KVSYNC_GENERATION).
+    pub generation: u64,
+    /// `kvsync exec`: the child to start after the first full render.
+    pub exec: Option<ExecSlot>,
+    /// Validated new configurations (SIGHUP, an edited config or template file).
+    pub reloads: Option<mpsc::Receiver<Config>>,
+}
+
+/// The supervised child of `kvsync exec`, started once, kept across reloads.
+pub struct ExecSlot {
+    /// The command (from the CLI, else exec.command).
+    pub argv: Vec<String>,
+    pub handle: ChildHandle,
+    /// The supervisor's end of `handle`, until the child is started.
+    requests: Option<Requests>,
+    /// The supervisor task: returns the exit code kvsync should exit with.
+    task: Option<JoinHandle<i32>>,
+    /// The environment from KV the child runs with (None before the first start).
+    env: Option<Env>,
+    /// Fired after the render loop has stopped, to stop the child.
+    pub stop: CancellationToken,
+}
+
+impl ExecSlot {
+    pub fn new(argv: Vec<String>, state: Arc<ChildState>) -> ExecSlot {
+        let (handle, requests) = ChildHandle::new(state);
+        ExecSlot { argv, handle, requests: Some(requests), task: None, env: None, stop: CancellationToken::new() }
+    }
+
+    /// Stops the child (kill_signal, kill_timeout, SIGKILL) and returns its exit code; None when it
+    /// was never started.
+    pub async fn shutdown(&mut self) -> Option<i32> {
+        self.stop.cancel();
+        let task = self.task.take()?;
+        Some(task.await.unwrap_or(1))
+    }
+}
+
+/// Why the render loop returned.
+#[derive(Debug)]
+pub enum Stopped {
+    /// Cancelled (shutdown), or `once` finished.
+    Done,
+    /// A new valid configuration is to be applied.
+    Reload(Box<Config>),
+    /// The child exited and is not to be restarted: exit with this code.
+    ChildExited(i32),
 }
 
 /// Why the daemon stopped with a failure.
@@ -57,13 +121,19 @@ impl OutputSlot {
     }
 }
 
-/// Runs the daemon until `cancel` fires (or, for `once`, until every output has rendered).
-pub async fn run(cfg: Arc<Config>, mode: RunMode, cancel: CancellationToken) -> Result<(), DaemonError> {
+/// Runs the daemon until `cancel` fires (or, for `once`, until every output has rendered), a new
+/// configuration arrives, or the supervised child exits for good.
+pub async fn run(
+    cfg: Arc<Config>,
+    mode: RunMode,
+    session: &mut Session,
+    cancel: CancellationToken,
+) -> Result<Stopped, DaemonError> {
     let mut builder = EngineBuilder::new();
     if let Some(c) = &cfg.cache {
         builder.cache(kvsync_watch::Cache { dir: c.dir.clone(), max_age: c.max_age });
     }
-    let mut shared = Shared::default();
+    let mut shared = Shared::new(Arc::clone(&session.actions), Arc::clone(&session.child_state));
     for s in &cfg.sources {
         let built = sources::build(&cfg, s).map_err(DaemonError::Setup)?;
         let kind = built.source.kind();
@@ -84,6 +154,13 @@ pub async fn run(cfg: Arc<Config>, mode: RunMode, cancel: CancellationToken) -> 
         });
         slots.push(OutputSlot { subs, runtime: OutputRuntime::new(), stats, dirty: None });
     }
+    // exec.env: the child's environment comes from a prefix of its own.
+    let mut env_sub = match (&session.exec, &cfg.exec.env) {
+        (Some(_), Some(e)) => Some(
+            builder.subscribe(&e.source, &e.prefix).map_err(|err| DaemonError::Setup(format!("exec.env: {err}")))?,
+        ),
+        _ => None,
+    };
     let shared = Arc::new(shared);
     shared.set_pending(pending_inputs(&cfg, &slots));
     let mut bell = builder.changes();
@@ -95,8 +172,9 @@ pub async fn run(cfg: Arc<Config>, mode: RunMode, cancel: CancellationToken) -> 
         _ => None,
     };
     let mut pending_log = tokio::time::interval_at(tokio::time::Instant::now() + PENDING_LOG_EVERY, PENDING_LOG_EVERY);
-    let mut generation = 0u64;
     let mut all_rendered_logged = false;
+    // Whether the engine's change bell can still ring.
+    let mut bell_open = true;
     let result = loop {
         // Note new views.
         let now = Instant::now();
@@ -132,30 +210,88 @@ pub async fn run(cfg: Arc<Config>, mode: RunMode, cancel: CancellationToken) -> 
             }
         }
         if !due.is_empty() {
-            let report = render_pass(&cfg, &mut slots, &due, &mut generation);
+            let report = render_pass(&cfg, &mut slots, &due, session);
             if let Err(e) = &report.1 {
                 if matches!(mode, RunMode::Once { .. }) {
                     break Err(DaemonError::Render(e.clone()));
                 }
             }
             if !report.0.written.is_empty() {
-                actions::run(&cfg, &report.0).await;
-            }
-            if !all_rendered_logged && slots.iter().all(|s| s.runtime.rendered) {
-                all_rendered_logged = true;
-                shared.set_ready();
-                info!(elapsed_ms = started.elapsed().as_millis() as u64, "every output has rendered");
-                if matches!(mode, RunMode::Once { .. }) {
-                    break Ok(());
+                let reach = Reach { child: session.exec.as_ref().map(|e| &e.handle), stats: &session.actions };
+                tokio::select! {
+                    // The actions of this pass, one after the other.
+                    _ = actions::run(&cfg, &report.0, &reach) => {}
+                    // Shutdown: a running command is killed (kill_on_drop); the commit is already done.
+                    _ = cancel.cancelled() => break Ok(Stopped::Done),
                 }
             }
             continue;
         }
+        if !all_rendered_logged && slots.iter().all(|s| s.runtime.rendered) {
+            all_rendered_logged = true;
+            shared.set_ready();
+            info!(elapsed_ms = started.elapsed().as_millis() as u64, "every output has rendered");
+            if matches!(mode, RunMode::Once { .. }) {
+                break Ok(Stopped::Done);
+            }
+        }
+        // exec: start the child after the first full render, with its environment from KV; restart it
+        // when that environment changes.
+        if let Some(exec) = session.exec.as_mut() {
+            let env_view = match &mut env_sub {
+                Some(sub) => {
+                    let changed = sub.has_changed();
+                    sub.mark_seen();
+                    sub.latest().map(|v| (v, changed))
+                }
+                None => None,
+            };
+            let env_ready = env_sub.is_none() || env_view.is_some();
+            if exec.task.is_none() && all_rendered_logged && env_ready {
+                let env = match (&env_view, &cfg.exec.env) {
+                    (Some((v, _)), Some(e)) => env_from_view(v, e),
+                    _ => Vec::new(),
+                };
+                start_child(exec, &cfg, env);
+            } else if let (Some(_), Some((v, true)), Some(e)) = (&exec.task, &env_view, &cfg.exec.env) {
+                let env = env_from_view(v, e);
+                if exec.env.as_ref() != Some(&env) {
+                    info!("the keys under exec.env changed; restarting the child with its new environment");
+                    exec.env = Some(env.clone());
+                    let handle = exec.handle.clone();
+                    let stats = Arc::clone(&session.actions);
+                    // In its own task: stopping the child may take kill_timeout; rendering goes on.
+                    tokio::spawn(async move {
+                        let r = handle.restart(Some(env)).await;
+                        stats.record(ActionKind::Restart, r.is_ok());
+                        if let Err(e) = r {
+                            warn!("restarting the child for its new environment failed: {e}");
+                        }
+                    });
+                }
+            }
+        }
         tokio::select! {
+            // Checked first: on shutdown the engine's channels close at the same time.
+            biased;
             // Shutdown requested.
-            _ = cancel.cancelled() => break Ok(()),
+            _ = cancel.cancelled() => break Ok(Stopped::Done),
+            // The supervised child exited and is not to be restarted.
+            code = join_child(session.exec.as_mut()) => break Ok(Stopped::ChildExited(code)),
+            // A new, valid configuration (SIGHUP or an edited file).
+            Some(new) = next_reload(session.reloads.as_mut()) => break Ok(Stopped::Reload(Box::new(new))),
             // A subscription received a new view.
-            r = bell.changed() => {
+            r = bell.changed(), if bell_open => {
+                // On shutdown the engine stops too; that is not an error.
+                if r.is_err() && cancel.is_cancelled() {
+                    break Ok(Stopped::Done);
+                }
+                // Nothing subscribed (no outputs, no exec.env): the engine has nothing to run and
+                // stops at once; `exec` then just supervises the child.
+                if r.is_err() && slots.is_empty() && env_sub.is_none() {
+                    bell_open = false;
+                    continue;
+                }
                 if r.is_err() {
                     break Err(DaemonError::Setup("the watch engine stopped".into()));
                 }
@@ -189,12 +325,84 @@ pub async fn run(cfg: Arc<Config>, mode: RunMode, cancel: CancellationToken) -> 
     result
 }
 
+/// Starts the supervisor of the child.
+fn start_child(exec: &mut ExecSlot, cfg: &Config, env: Env) {
+    let Some(requests) = exec.requests.take() else { return };
+    let spec = ChildSpec { argv: exec.argv.clone(), exec: cfg.exec.clone() };
+    exec.env = Some(env.clone());
+    let state = exec.handle.state();
+    exec.task = Some(tokio::spawn(child::supervise(spec, env, state, requests, exec.stop.clone())));
+}
+
+/// Resolves with the child's exit code once its supervisor returns; never without a child.
+async fn join_child(exec: Option<&mut ExecSlot>) -> i32 {
+    let Some(exec) = exec else { return std::future::pending().await };
+    let Some(task) = exec.task.as_mut() else { return std::future::pending().await };
+    let code = task.await.unwrap_or(1);
+    // Polling a finished JoinHandle again panics: forget it.
+    exec.task = None;
+    code
+}
+
+/// The next reloaded configuration; never without a reload channel.
+async fn next_reload(rx: Option<&mut mpsc::Receiver<Config>>) -> Option<Config> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The child's environment from the keys of `exec.env`: one variable per key, the name sanitized
+/// (or checked) and optionally upcased. Keys that cannot become a variable are reported and skipped.
+pub fn env_from_view(view: &View, e: &ExecEnv) -> Env {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (rel, value) in view.relative() {
+        if rel.is_empty() || rel.ends_with('/') {
+            continue; // folder markers
+        }
+        let name = if e.sanitize {
+            crate::format::env::name(rel, e.upcase)
+        } else {
+            let valid = rel.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && rel.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                warn!(
+                    "exec.env: key `{}{rel}` is not a valid variable name (letters, digits, _; not starting with a \
+                     digit); skipped. Set `sanitize: true` to turn invalid characters into _",
+                    e.prefix
+                );
+                continue;
+            }
+            if e.upcase {
+                rel.to_ascii_uppercase()
+            } else {
+                rel.to_string()
+            }
+        };
+        let Ok(v) = std::str::from_utf8(value) else {
+            warn!("exec.env: the value of `{}{rel}` is not UTF-8; skipped", e.prefix);
+            continue;
+        };
+        if v.contains('\0') {
+            warn!("exec.env: the value of `{}{rel}` holds a NUL byte, which an environment cannot; skipped", e.prefix);
+            continue;
+        }
+        if let Some(prev) = out.iter_mut().find(|(n, _)| *n == name) {
+            warn!("exec.env: key `{}{rel}` gives variable {name} a second time; the later key wins", e.prefix);
+            prev.1 = v.to_string();
+            continue;
+        }
+        out.push((name, v.to_string()));
+    }
+    out
+}
+
 /// Renders the due outputs and commits them; returns what was written and the first error, if any.
 fn render_pass(
     cfg: &Config,
     slots: &mut [OutputSlot],
     due: &[usize],
-    generation: &mut u64,
+    session: &mut Session,
 ) -> (PassReport, Result<(), String>) {
     let mut report = PassReport::default();
     let mut first_error = Ok(());
@@ -204,12 +412,13 @@ fn render_pass(
             let o = &cfg.outputs[i];
             slot.dirty = None;
             let views: Vec<View> = slot.subs.iter().filter_map(|s| s.latest()).collect();
-            let first = !slot.runtime.rendered;
+            let first = !session.rendered.contains(&o.name);
             match slot.runtime.render_commit(o, &views, &cfg.limits, &slot.stats) {
                 Ok(outcome) if views.iter().any(|v| v.stale) => {
                     let stale: Vec<&str> = views.iter().filter(|v| v.stale).map(|v| &*v.source).collect();
                     warn!(output = %o.name, sources = ?stale, ?outcome,
                         "rendered from the last-known-good cache: the backend has not answered since start");
+                    session.rendered.insert(o.name.clone());
                     if outcome == Outcome::Written {
                         report.written.push(i);
                         if first {
@@ -224,8 +433,10 @@ fn render_pass(
                     if first {
                         report.first.push(i);
                     }
+                    session.rendered.insert(o.name.clone());
                 }
                 Ok(Outcome::Unchanged) => {
+                    session.rendered.insert(o.name.clone());
                     info!(output = %o.name, "rendered; content unchanged, not rewritten");
                 }
                 Err(e) => {
@@ -239,8 +450,8 @@ fn render_pass(
         }
     });
     if !report.written.is_empty() {
-        *generation += 1;
-        report.generation = *generation;
+        session.generation += 1;
+        report.generation = session.generation;
     }
     (report, first_error)
 }
