@@ -38,27 +38,12 @@ pub fn signal_group(pgid: u32, sig: i32) -> std::io::Result<()> {
 /// SIGKILL, for killing a command's whole group at its timeout.
 pub const SIGKILL: i32 = 9;
 
-/// "SIGHUP" for 1, "signal 42" for what has no name here.
+/// "SIGHUP" for 1, "signal 42" for a number without a name in the config's vocabulary.
 pub fn signal_name(sig: i32) -> String {
-    let name = match sig {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        6 => "SIGABRT",
-        9 => "SIGKILL",
-        10 => "SIGUSR1",
-        12 => "SIGUSR2",
-        13 => "SIGPIPE",
-        14 => "SIGALRM",
-        15 => "SIGTERM",
-        17 => "SIGCHLD",
-        18 => "SIGCONT",
-        19 => "SIGSTOP",
-        20 => "SIGTSTP",
-        28 => "SIGWINCH",
-        _ => return format!("signal {sig}"),
-    };
-    name.to_string()
+    match crate::config::units::signal_name(sig) {
+        "signal" => format!("signal {sig}"),
+        name => name.to_string(),
+    }
 }
 
 /// The pids of the children kvsync spawned itself and has not waited for yet.

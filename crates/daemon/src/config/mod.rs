@@ -19,7 +19,7 @@ use units::*;
 
 /// A validated configuration.
 #[derive(Debug)]
-#[allow(dead_code)] // exec, cache and reload settings are read by the parts that implement them
+#[allow(dead_code)] // cache and http settings are read by the parts that implement them
 pub struct Config {
     /// The file it was read from; relative paths inside it are resolved against its directory.
     pub path: PathBuf,
@@ -272,7 +272,6 @@ impl Config {
     }
 
     /// Template files the config refers to (watched for edits alongside the config).
-    #[allow(dead_code)] // used by config watching (reload), which comes with `exec`
     pub fn template_files(&self) -> Vec<PathBuf> {
         self.outputs
             .iter()
