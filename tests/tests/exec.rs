@@ -315,3 +315,32 @@ fn env_from_kv_reaches_the_child_and_a_change_restarts_it() {
     assert_eq!(fx.starts().len(), 2, "no restart for an unrelated change: {:?}", fx.events());
     d.stop();
 }
+
+/// SIGTERM while a render pass is committing (its check command is running): the commit finishes
+/// (new content, no temp file left), then the child is stopped and kvsync exits with its status.
+#[test]
+fn sigterm_during_a_commit_lets_it_finish_then_stops_the_child() {
+    let fx = Fixture::new();
+    fx.put("a/x", "1");
+    let cfg = fx.config(
+        "sources:\n  - { name: kv, type: file, path: \"{kv}\" }\n\
+         outputs:\n  - name: a\n    source: kv\n    prefix: a/\n    format: json\n    destination: \"{out}/a.json\"\n\
+         \x20   check: [\"sh\", \"-c\", \"touch {rec}/checking; sleep 1\"]\n\
+         http: { listen: \"\" }\n",
+    );
+    let mut d = exec(&fx, &cfg, &["9"]);
+    wait::until(T, "the child to start", || fx.starts().len() == 1);
+    std::fs::remove_file(fx.rec().join("checking")).unwrap();
+    fx.put("a/x", "2");
+    wait::until(T, "the check of the second render to run", || fx.rec().join("checking").exists());
+    d.signal(15);
+    let status = d.wait(T);
+    assert_eq!(status.code(), Some(9), "the child's status (it exits 9 on SIGTERM): {}", d.log());
+    assert_eq!(std::fs::read_to_string(fx.out("a.json")).unwrap(), "{\n  \"x\": \"2\"\n}\n", "{}", d.log());
+    let left: Vec<String> = std::fs::read_dir(fx.path().join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["a.json"], "no temp file left behind");
+    assert_eq!(fx.count("TERM"), 1);
+}

@@ -36,6 +36,7 @@ fn sighup_applies_a_valid_config_keeps_the_old_on_an_invalid_one_and_leaves_the_
     d.signal(1);
     wait::file_is(&fx.out("b.yaml"), "y: '1'\n", T);
     d.wait_log("the new config is valid; applying it", T);
+    d.wait_log("restarting sources and outputs with the new config (the child keeps running)", T);
     settle();
     assert_eq!(fx.starts().len(), 1, "the child keeps running: {:?}", fx.events());
     assert_eq!(fx.count("HUP"), 0, "SIGHUP reloads kvsync; it is not forwarded and a.json did not change");
@@ -80,6 +81,9 @@ fn a_template_edit_rerenders_without_a_signal() {
     // Edited in place (as `echo >>` or an editor without rename would) and by rename: both seen.
     std::fs::write(fx.path().join("app.j2"), "server = {{ kv.host }}\n").unwrap();
     wait::file_is(&fx.out("app.conf"), "server = db1\n", T);
+    // Same keys watched: the source was not restarted.
+    d.wait_log("sources keep running", T);
+    assert_eq!(d.log().matches("starting source").count(), 1, "{}", d.log());
     fx.write_file("app.j2", "db = {{ kv.host }}\n");
     wait::file_is(&fx.out("app.conf"), "db = db1\n", T);
     // A broken template: the last good file stays and kvsync goes on.

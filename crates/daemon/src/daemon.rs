@@ -61,12 +61,22 @@ pub struct ExecSlot {
     env: Option<Env>,
     /// Fired after the render loop has stopped, to stop the child.
     pub stop: CancellationToken,
+    /// The kill_timeout the child was started with (a reload does not touch the running child).
+    pub kill_timeout: Duration,
 }
 
 impl ExecSlot {
     pub fn new(argv: Vec<String>, state: Arc<ChildState>) -> ExecSlot {
         let (handle, requests) = ChildHandle::new(state);
-        ExecSlot { argv, handle, requests: Some(requests), task: None, env: None, stop: CancellationToken::new() }
+        ExecSlot {
+            argv,
+            handle,
+            requests: Some(requests),
+            task: None,
+            env: None,
+            stop: CancellationToken::new(),
+            kill_timeout: Duration::ZERO,
+        }
     }
 
     /// Stops the child (kill_signal, kill_timeout, SIGKILL) and returns its exit code; None when it
@@ -124,7 +134,7 @@ impl OutputSlot {
 /// Runs the daemon until `cancel` fires (or, for `once`, until every output has rendered), a new
 /// configuration arrives, or the supervised child exits for good.
 pub async fn run(
-    cfg: Arc<Config>,
+    mut cfg: Arc<Config>,
     mode: RunMode,
     session: &mut Session,
     cancel: CancellationToken,
@@ -279,7 +289,21 @@ pub async fn run(
             // The supervised child exited and is not to be restarted.
             code = join_child(session.exec.as_mut()) => break Ok(Stopped::ChildExited(code)),
             // A new, valid configuration (SIGHUP or an edited file).
-            Some(new) = next_reload(session.reloads.as_mut()) => break Ok(Stopped::Reload(Box::new(new))),
+            Some(new) = next_reload(session.reloads.as_mut()) => {
+                if !same_watches(&cfg, &new) {
+                    // Sources or what outputs read changed: the caller starts a new loop.
+                    break Ok(Stopped::Reload(Box::new(new)));
+                }
+                // Only how outputs render or act changed (a template edit, new actions): keep every
+                // source and subscription running and re-render everything with the new config.
+                // Unchanged bytes are not rewritten, so only outputs that really changed are written.
+                info!("the new config watches the same keys: sources keep running, every output is rendered again");
+                cfg = Arc::new(new);
+                let now = Instant::now();
+                for slot in &mut slots {
+                    slot.dirty = Some(Dirty { first: now, last: now });
+                }
+            }
             // A subscription received a new view.
             r = bell.changed(), if bell_open => {
                 // On shutdown the engine stops too; that is not an error.
@@ -325,11 +349,29 @@ pub async fn run(
     result
 }
 
+/// Whether `new` watches exactly what `old` does (same sources, same outputs reading the same inputs
+/// into the same destinations, same exec.env, limits, retry and cache), so that it can be applied
+/// without restarting any source.
+fn same_watches(old: &Config, new: &Config) -> bool {
+    old.sources == new.sources
+        && old.retry == new.retry
+        && old.cache == new.cache
+        && old.limits == new.limits
+        && old.exec.env == new.exec.env
+        && old.outputs.len() == new.outputs.len()
+        && old
+            .outputs
+            .iter()
+            .zip(&new.outputs)
+            .all(|(a, b)| a.name == b.name && a.inputs == b.inputs && a.destination == b.destination)
+}
+
 /// Starts the supervisor of the child.
 fn start_child(exec: &mut ExecSlot, cfg: &Config, env: Env) {
     let Some(requests) = exec.requests.take() else { return };
     let spec = ChildSpec { argv: exec.argv.clone(), exec: cfg.exec.clone() };
     exec.env = Some(env.clone());
+    exec.kill_timeout = cfg.exec.kill_timeout;
     let state = exec.handle.state();
     exec.task = Some(tokio::spawn(child::supervise(spec, env, state, requests, exec.stop.clone())));
 }

@@ -202,7 +202,7 @@ async fn serve(cfg: Config, path: PathBuf, mode: RunMode, exec_argv: Option<Vec<
         _ => 0,
     };
     if let Some(exec) = session.exec.as_mut() {
-        let bound = cfg.exec.kill_timeout + Duration::from_secs(5);
+        let bound = exec.kill_timeout + Duration::from_secs(5);
         match tokio::time::timeout(bound, exec.shutdown()).await {
             Ok(Some(c)) if outcome.as_ref().is_ok_and(|o| o.is_none()) => {
                 tracing::info!(code = c, "the child has stopped; exiting with its status");
