@@ -102,8 +102,12 @@ pub enum Stopped {
 /// Why the daemon stopped with a failure.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// The configuration could not be put to work (a source could not be built); nothing ran.
     #[error("{0}")]
     Setup(String),
+    /// The watch engine stopped by itself.
+    #[error("{0}")]
+    Engine(String),
     #[error("timed out after {after}: {pending}")]
     Timeout { after: String, pending: String },
     #[error("{0}")]
@@ -317,7 +321,7 @@ pub async fn run(
                     continue;
                 }
                 if r.is_err() {
-                    break Err(DaemonError::Setup("the watch engine stopped".into()));
+                    break Err(DaemonError::Engine("the watch engine stopped".into()));
                 }
             }
             // An output's quiescence period ends.

@@ -184,11 +184,19 @@ async fn serve(cfg: Config, path: PathBuf, mode: RunMode, exec_argv: Option<Vec<
         }
     }
     let mut cfg = Arc::new(cfg);
+    // The config that ran before a reload, to go back to if the new one cannot be set up.
+    let mut previous: Option<Arc<Config>> = None;
     let outcome = loop {
         match daemon::run(Arc::clone(&cfg), mode, &mut session, cancel.clone()).await {
             Ok(Stopped::Reload(new)) => {
                 tracing::info!("restarting sources and outputs with the new config (the child keeps running)");
-                cfg = Arc::new(*new);
+                previous = Some(std::mem::replace(&mut cfg, Arc::new(*new)));
+            }
+            // A reloaded config that validated but cannot run (a source cannot be built): keep the
+            // application up on the config that worked.
+            Err(daemon::DaemonError::Setup(e)) if previous.is_some() => {
+                tracing::error!("the new config cannot be applied: {e}; going back to the previous config");
+                cfg = previous.take().unwrap_or(cfg);
             }
             Ok(Stopped::Done) => break Ok(None),
             Ok(Stopped::ChildExited(code)) => break Ok(Some(code)),
