@@ -344,3 +344,40 @@ fn sigterm_during_a_commit_lets_it_finish_then_stops_the_child() {
     assert_eq!(left, vec!["a.json"], "no temp file left behind");
     assert_eq!(fx.count("TERM"), 1);
 }
+
+/// Changes that each ask for a restart, in quick succession: the child is never started twice
+/// within min_restart_interval.
+#[test]
+fn restarts_are_at_least_min_restart_interval_apart() {
+    let fx = Fixture::new();
+    fx.put("a/x", "0");
+    let cfg = fx.config(
+        "sources:\n  - { name: kv, type: file, path: \"{kv}\" }\n\
+         outputs:\n  - { name: a, source: kv, prefix: a/, format: json, destination: \"{out}/a.json\", on_change: [{ restart: child }] }\n\
+         http: { listen: \"\" }\n\
+         exec: { kill_timeout: 2s, min_restart_interval: 700ms }\n",
+    );
+    let d = exec(&fx, &cfg, &[]);
+    wait::until(T, "the child to start", || fx.starts().len() == 1);
+    let mut seen = vec![Instant::now()];
+    // The first change asks for a restart within the interval; two more come while it waits.
+    fx.put("a/x", "1");
+    d.wait_log("restart requested; waiting for min_restart_interval", T);
+    fx.put("a/x", "2");
+    std::thread::sleep(Duration::from_millis(50));
+    fx.put("a/x", "3");
+    // Note when each new start appears.
+    let deadline = Instant::now() + T;
+    while seen.len() < 3 && Instant::now() < deadline {
+        if fx.starts().len() > seen.len() {
+            seen.push(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(seen.len() >= 3, "at least two restarts: {:?}", fx.events());
+    for w in seen.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(gap >= Duration::from_millis(600), "restarted {gap:?} after the previous start: {}", d.log());
+    }
+    d.stop();
+}

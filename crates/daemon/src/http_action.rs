@@ -84,3 +84,35 @@ async fn once(uri: &http::Uri, method: &str) -> Result<u16, String> {
     driver.abort();
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_silent_server_times_out_and_the_error_says_so() {
+        // Accepts the connection and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let url = format!("http://127.0.0.1:{port}/reload");
+        let err = call(&url, "POST", Duration::from_millis(200), 0).await.unwrap_err();
+        assert_eq!(err, format!("POST {url}: no answer within 200ms (after 1 attempt)"));
+        hold.abort();
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_named() {
+        // Bind then drop: the port is (very likely) closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let err = call(&format!("http://127.0.0.1:{port}/"), "GET", Duration::from_secs(1), 0).await.unwrap_err();
+        assert!(err.contains(&format!("cannot connect to 127.0.0.1:{port}")), "{err}");
+        let err = call("http://", "GET", Duration::from_secs(1), 0).await.unwrap_err();
+        assert!(err.starts_with("`http://` is not a URL"), "{err}");
+    }
+}
