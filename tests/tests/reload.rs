@@ -9,12 +9,16 @@ use kvsync_tests::wait;
 
 const T: Duration = Duration::from_secs(10);
 
-const ONE_OUTPUT: &str = "sources:\n  - { name: kv, type: file, path: \"{kv}\" }\n\
+/// Source `kv` feeds output a; source `other` (the same directory, another name) feeds output c.
+const ONE_OUTPUT: &str = "sources:\n  - { name: kv, type: file, path: \"{kv}\" }\n  - { name: other, type: file, path: \"{kv}\" }\n\
     outputs:\n  - { name: a, source: kv, prefix: a/, format: json, destination: \"{out}/a.json\", on_change: [{ signal: SIGHUP, to: child }] }\n\
+    \x20 - { name: c, source: other, prefix: c/, format: json, destination: \"{out}/c.json\" }\n\
     http: { listen: \"\" }\nwatch_config: WATCH\n";
 
-const TWO_OUTPUTS: &str = "sources:\n  - { name: kv, type: file, path: \"{kv}\" }\n\
+/// The same plus output b, which reads a new prefix of `kv`: `kv` restarts, `other` keeps running.
+const TWO_OUTPUTS: &str = "sources:\n  - { name: kv, type: file, path: \"{kv}\" }\n  - { name: other, type: file, path: \"{kv}\" }\n\
     outputs:\n  - { name: a, source: kv, prefix: a/, format: json, destination: \"{out}/a.json\", on_change: [{ signal: SIGHUP, to: child }] }\n\
+    \x20 - { name: c, source: other, prefix: c/, format: json, destination: \"{out}/c.json\" }\n\
     \x20 - { name: b, source: kv, prefix: b/, format: yaml, destination: \"{out}/b.yaml\" }\n\
     http: { listen: \"\" }\nwatch_config: WATCH\n";
 
@@ -23,6 +27,7 @@ fn sighup_applies_a_valid_config_keeps_the_old_on_an_invalid_one_and_leaves_the_
     let fx = Fixture::new();
     fx.put("a/x", "1");
     fx.put("b/y", "1");
+    fx.put("c/z", "1");
     let cfg = fx.config(&ONE_OUTPUT.replace("WATCH", "false"));
     let c = cfg.display().to_string();
     let script = fx.child_script().display().to_string();
@@ -38,6 +43,13 @@ fn sighup_applies_a_valid_config_keeps_the_old_on_an_invalid_one_and_leaves_the_
     d.wait_log("the new config is valid; applying it", T);
     d.wait_log("restarting sources and outputs with the new config (the child keeps running)", T);
     settle();
+    // Only the source whose prefixes changed was restarted.
+    let log = d.log();
+    assert_eq!(log.matches("starting source source=kv ").count(), 2, "{log}");
+    assert_eq!(log.matches("starting source source=other ").count(), 1, "{log}");
+    assert_eq!(std::fs::read_to_string(fx.out("c.json")).unwrap(), "{\n  \"z\": \"1\"\n}\n");
+    fx.put("c/z", "2");
+    wait::file_is(&fx.out("c.json"), "{\n  \"z\": \"2\"\n}\n", T);
     assert_eq!(fx.starts().len(), 1, "the child keeps running: {:?}", fx.events());
     assert_eq!(fx.count("HUP"), 0, "SIGHUP reloads kvsync; it is not forwarded and a.json did not change");
     // An invalid new config: logged, the old one keeps running.
@@ -58,6 +70,7 @@ fn an_edited_config_is_reloaded_without_a_signal() {
     let fx = Fixture::new();
     fx.put("a/x", "1");
     fx.put("b/y", "1");
+    fx.put("c/z", "1");
     let cfg = fx.config(&ONE_OUTPUT.replace("WATCH", "true"));
     let d = Daemon::start(&["run", "--config", &cfg.display().to_string()]);
     d.wait_log("every output has rendered", T);

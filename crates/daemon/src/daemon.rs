@@ -4,9 +4,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvsync_watch::{EngineBuilder, Subscription, View};
+use kvsync_watch::{Subscription, View};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -14,8 +14,8 @@ use crate::actions::{self, PassReport, Reach};
 use crate::child::{self, ChildHandle, ChildSpec, Env, Requests};
 use crate::config::{Config, ExecEnv};
 use crate::output::{Outcome, OutputRuntime, OutputStats};
-use crate::sources;
 use crate::state::{ActionKind, ActionStats, ChildState, OutputState, Shared, SourceState};
+use crate::watches::{Wanted, Watches};
 
 /// How often the daemon says what it is still waiting for before the first render.
 const PENDING_LOG_EVERY: Duration = Duration::from_secs(5);
@@ -46,6 +46,8 @@ pub struct Session {
     pub exec: Option<ExecSlot>,
     /// Validated new configurations (SIGHUP, an edited config or template file).
     pub reloads: Option<mpsc::Receiver<Config>>,
+    /// The running sources, kept across reloads when unchanged.
+    pub watches: Watches,
 }
 
 /// The supervised child of `kvsync exec`, started once, kept across reloads.
@@ -143,22 +145,27 @@ pub async fn run(
     session: &mut Session,
     cancel: CancellationToken,
 ) -> Result<Stopped, DaemonError> {
-    let mut builder = EngineBuilder::new();
-    if let Some(c) = &cfg.cache {
-        builder.cache(kvsync_watch::Cache { dir: c.dir.clone(), max_age: c.max_age });
+    // What this config watches; sources that are already running with the same settings and
+    // prefixes keep running (a reload does not reconnect them).
+    let mut wanted = Wanted::new();
+    for o in &cfg.outputs {
+        for i in &o.inputs {
+            wanted.entry(i.source.clone()).or_default().insert(i.prefix.clone());
+        }
     }
+    if let (Some(_), Some(e)) = (&session.exec, &cfg.exec.env) {
+        wanted.entry(e.source.clone()).or_default().insert(e.prefix.clone());
+    }
+    session.watches.apply(&cfg, &wanted).await.map_err(DaemonError::Setup)?;
     let mut shared = Shared::new(Arc::clone(&session.actions), Arc::clone(&session.child_state));
-    for s in &cfg.sources {
-        let built = sources::build(&cfg, s).map_err(DaemonError::Setup)?;
-        let kind = built.source.kind();
-        shared.sources.push(SourceState { name: built.name.clone(), kind, stats: Arc::clone(&built.stats) });
-        builder.add_source(&built.name, built.source, built.stats);
+    for (name, kind, stats) in session.watches.reported() {
+        shared.sources.push(SourceState { name, kind, stats });
     }
     let mut slots = Vec::with_capacity(cfg.outputs.len());
     for o in &cfg.outputs {
         let mut subs = Vec::new();
         for i in &o.inputs {
-            subs.push(builder.subscribe(&i.source, &i.prefix).map_err(|e| DaemonError::Setup(e.to_string()))?);
+            subs.push(session.watches.subscription(&i.source, &i.prefix).map_err(DaemonError::Setup)?);
         }
         let stats: Arc<OutputStats> = Arc::default();
         shared.outputs.push(OutputState {
@@ -166,20 +173,39 @@ pub async fn run(
             destination: o.destination.display().to_string(),
             stats: Arc::clone(&stats),
         });
-        slots.push(OutputSlot { subs, runtime: OutputRuntime::new(), stats, dirty: None });
+        // Subscriptions of a source that kept running already hold a view: render it once with this
+        // config (unchanged bytes are not rewritten).
+        let now = Instant::now();
+        let dirty = subs.iter().all(|s| s.latest().is_some()).then_some(Dirty { first: now, last: now });
+        slots.push(OutputSlot { subs, runtime: OutputRuntime::new(), stats, dirty });
     }
     // exec.env: the child's environment comes from a prefix of its own.
     let mut env_sub = match (&session.exec, &cfg.exec.env) {
         (Some(_), Some(e)) => Some(
-            builder.subscribe(&e.source, &e.prefix).map_err(|err| DaemonError::Setup(format!("exec.env: {err}")))?,
+            session
+                .watches
+                .subscription(&e.source, &e.prefix)
+                .map_err(|err| DaemonError::Setup(format!("exec.env: {err}")))?,
         ),
         _ => None,
     };
     let shared = Arc::new(shared);
     shared.set_pending(pending_inputs(&cfg, &slots));
-    let mut bell = builder.changes();
-    let engine_cancel = cancel.child_token();
-    let engine = builder.start(engine_cancel.clone());
+    // One wake-up channel for the change bells of every source; a source whose engine ends reports
+    // its name through `engines`.
+    let (ring_tx, mut ring) = mpsc::channel::<()>(1);
+    let mut engines: JoinSet<String> = JoinSet::new();
+    for (name, mut bell) in session.watches.bells() {
+        let tx = ring_tx.clone();
+        engines.spawn(async move {
+            while bell.changed().await.is_ok() {
+                // A full channel already holds a wake-up: nothing is lost.
+                let _ = tx.try_send(());
+            }
+            name
+        });
+    }
+    drop(ring_tx);
     let started = Instant::now();
     let deadline = match mode {
         RunMode::Once { timeout: Some(t) } => Some(tokio::time::Instant::now() + t),
@@ -187,8 +213,6 @@ pub async fn run(
     };
     let mut pending_log = tokio::time::interval_at(tokio::time::Instant::now() + PENDING_LOG_EVERY, PENDING_LOG_EVERY);
     let mut all_rendered_logged = false;
-    // Whether the engine's change bell can still ring.
-    let mut bell_open = true;
     let result = loop {
         // Note new views.
         let now = Instant::now();
@@ -309,20 +333,11 @@ pub async fn run(
                 }
             }
             // A subscription received a new view.
-            r = bell.changed(), if bell_open => {
-                // On shutdown the engine stops too; that is not an error.
-                if r.is_err() && cancel.is_cancelled() {
-                    break Ok(Stopped::Done);
-                }
-                // Nothing subscribed (no outputs, no exec.env): the engine has nothing to run and
-                // stops at once; `exec` then just supervises the child.
-                if r.is_err() && slots.is_empty() && env_sub.is_none() {
-                    bell_open = false;
-                    continue;
-                }
-                if r.is_err() {
-                    break Err(DaemonError::Engine("the watch engine stopped".into()));
-                }
+            Some(()) = ring.recv() => {}
+            // A source's engine ended by itself (it only does when cancelled).
+            Some(ended) = engines.join_next(), if !engines.is_empty() => {
+                let name = ended.unwrap_or_else(|_| "?".into());
+                break Err(DaemonError::Engine(format!("the watch engine of source `{name}` stopped")));
             }
             // An output's quiescence period ends.
             _ = sleep_until(next_wake) => {}
@@ -346,9 +361,11 @@ pub async fn run(
             }
         }
     };
-    engine_cancel.cancel();
-    if tokio::time::timeout(Duration::from_secs(5), engine.wait()).await.is_err() {
-        warn!("sources did not stop within 5s");
+    // The bell forwarders end with this loop.
+    engines.abort_all();
+    // On a reload the sources stay for the next loop to keep or replace; otherwise they stop.
+    if !matches!(result, Ok(Stopped::Reload(_))) {
+        session.watches.stop_all().await;
     }
     result
 }

@@ -17,6 +17,7 @@ mod reload;
 mod sources;
 mod state;
 mod template;
+mod watches;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
