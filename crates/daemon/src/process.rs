@@ -156,7 +156,15 @@ mod tests {
     #[test]
     fn finds_a_process_by_name() {
         let mut c = std::process::Command::new("sleep").arg("5").spawn().unwrap();
-        let found = find_by_name("sleep");
+        // Right after fork the child may not have exec'd `sleep` yet: look again, for at most 2 s.
+        let mut found = Vec::new();
+        for _ in 0..200 {
+            found = find_by_name("sleep");
+            if found.contains(&c.id()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let _ = c.kill();
         let _ = c.wait();
         assert!(found.contains(&c.id()), "{found:?} should hold {}", c.id());
