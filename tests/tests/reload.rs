@@ -106,3 +106,28 @@ fn a_template_edit_rerenders_without_a_signal() {
     wait::file_is(&fx.out("app.conf"), "db = db2\n", T);
     d.stop();
 }
+
+/// A config mounted from a Kubernetes ConfigMap: the visible file links through `..data`, and an
+/// update swaps `..data` to a new timestamped directory with one rename. That swap is seen.
+#[test]
+fn a_configmap_style_update_of_the_config_is_seen() {
+    use std::os::unix::fs::symlink;
+    let fx = Fixture::new();
+    fx.put("a/x", "1");
+    fx.put("b/y", "1");
+    fx.put("c/z", "1");
+    let mount = fx.path().join("mount");
+    std::fs::create_dir_all(mount.join("..2026_01")).unwrap();
+    std::fs::write(mount.join("..2026_01/kvsync.yaml"), fx.expand(&ONE_OUTPUT.replace("WATCH", "true"))).unwrap();
+    symlink("..2026_01", mount.join("..data")).unwrap();
+    symlink("..data/kvsync.yaml", mount.join("kvsync.yaml")).unwrap();
+    let d = Daemon::start(&["run", "--config", &mount.join("kvsync.yaml").display().to_string()]);
+    d.wait_log("every output has rendered", T);
+    // The kubelet's update: a new generation, a temporary link to it, renamed over ..data.
+    std::fs::create_dir_all(mount.join("..2026_02")).unwrap();
+    std::fs::write(mount.join("..2026_02/kvsync.yaml"), fx.expand(&TWO_OUTPUTS.replace("WATCH", "true"))).unwrap();
+    symlink("..2026_02", mount.join("..data_tmp")).unwrap();
+    std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
+    wait::file_is(&fx.out("b.yaml"), "y: '1'\n", T);
+    d.stop();
+}

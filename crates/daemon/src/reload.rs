@@ -28,9 +28,12 @@ pub async fn watch(path: PathBuf, initial: &Config, tx: mpsc::Sender<Config>, ca
             None
         }
     };
-    let mut current = fingerprint(&path, initial);
-    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<()>();
     let mut files = watched_files(&path, initial);
+    // The bytes of the config and templates that run now, and the bytes last looked at (which
+    // differ while the files hold an invalid config): an event that changes neither is ignored.
+    let mut current = fingerprint(&files);
+    let mut last_seen = current;
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = if initial.watch_config { start_watcher(&files, ev_tx.clone()) } else { None };
     loop {
         let why = tokio::select! {
@@ -50,6 +53,14 @@ pub async fn watch(path: PathBuf, initial: &Config, tx: mpsc::Sender<Config>, ca
                 "a change to the config or a template"
             }
         };
+        // An event in a watched directory that did not change the bytes of our files (a file next to
+        // them, an output written there): nothing to do. SIGHUP always reloads.
+        let fp = fingerprint(&files);
+        if why != "SIGHUP" && fp == last_seen {
+            debug!("an event near the config or a template, but their contents are unchanged");
+            continue;
+        }
+        last_seen = fp;
         // Reading and compiling templates touches the disk: keep it off the async threads.
         let p = path.clone();
         let loaded = match tokio::task::spawn_blocking(move || Config::load(&p)).await {
@@ -65,13 +76,14 @@ pub async fn watch(path: PathBuf, initial: &Config, tx: mpsc::Sender<Config>, ca
                 path.display()
             ),
             Ok(cfg) => {
-                let fp = fingerprint(&path, &cfg);
+                let new_files = watched_files(&path, &cfg);
+                let fp = fingerprint(&new_files);
+                last_seen = fp;
                 if fp == current {
                     info!("reload after {why}: the config and its templates are unchanged");
                     continue;
                 }
                 current = fp;
-                let new_files = watched_files(&path, &cfg);
                 if new_files != files || cfg.watch_config != watcher.is_some() {
                     files = new_files;
                     watcher = if cfg.watch_config { start_watcher(&files, ev_tx.clone()) } else { None };
@@ -104,19 +116,21 @@ fn watched_files(path: &Path, cfg: &Config) -> Vec<PathBuf> {
 }
 
 /// What decides whether a reload changes anything: the bytes of the config and of its templates.
-fn fingerprint(path: &Path, cfg: &Config) -> [u8; 32] {
+fn fingerprint(files: &[PathBuf]) -> [u8; 32] {
     let mut h = Sha256::new();
-    for f in watched_files(path, cfg) {
+    for f in files {
         h.update(f.as_os_str().as_encoded_bytes());
         h.update([0]);
-        h.update(std::fs::read(&f).unwrap_or_default());
+        h.update(std::fs::read(f).unwrap_or_default());
         h.update([0]);
     }
     h.finalize().into()
 }
 
 /// Watches the directories holding `files` (not the files: an editor's rename-over-save would end a
-/// watch on the file itself) and sends a tick for every event that names one of them.
+/// watch on the file itself) and sends a tick for every event that names one of them, or that swaps a
+/// `..data` symlink: a Kubernetes ConfigMap volume updates its files by renaming `..data_tmp` over
+/// `..data`, and the visible files (symlinks through `..data`) see no event of their own.
 fn start_watcher(files: &[PathBuf], tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
     let wanted: Vec<PathBuf> = files.to_vec();
     let handler = move |res: notify::Result<notify::Event>| match res {
@@ -124,7 +138,9 @@ fn start_watcher(files: &[PathBuf], tx: mpsc::UnboundedSender<()>) -> Option<not
             if ev.kind.is_access() {
                 return; // reads (including our own) change nothing
             }
-            if ev.paths.iter().any(|p| wanted.contains(p)) {
+            let configmap_swap =
+                |p: &PathBuf| p.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b"..data"));
+            if ev.paths.iter().any(|p| wanted.contains(p) || configmap_swap(p)) {
                 debug!(paths = ?ev.paths, "config or template changed");
                 let _ = tx.send(());
             }
