@@ -169,6 +169,9 @@ async fn serve(cfg: Config, path: PathBuf, mode: RunMode, exec_argv: Option<Vec<
                 tracing::warn!("cannot register as child subreaper; orphans of the child go to PID 1: {e}");
             }
         }
+        if !std::path::Path::new("/proc/self/stat").exists() {
+            tracing::warn!("/proc is not mounted: orphaned processes cannot be found and will not be reaped");
+        }
         helpers.spawn(reap_orphans(Arc::clone(&session.child_state), stop_helpers.clone()));
     }
     // Signals: SIGTERM/SIGINT shut down; under exec, the others are forwarded to the child.
