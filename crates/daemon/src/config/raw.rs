@@ -140,14 +140,14 @@ pub struct RawExec {
     #[serde(default, deserialize_with = "text")]
     pub min_restart_interval: Option<String>,
     /// Backoff between restarts after the child exits (on-failure, always).
-    pub restart_backoff: Option<RawWait2>,
+    pub restart_backoff: Option<RawBackoff>,
     pub env: Option<RawExecEnv>,
 }
 
-/// `{ initial, max }` durations.
+/// A backoff: `{ initial, max }` durations.
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
-pub struct RawWait2 {
+pub struct RawBackoff {
     #[serde(default, deserialize_with = "text")]
     pub initial: Option<String>,
     #[serde(default, deserialize_with = "text")]
