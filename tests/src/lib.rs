@@ -4,5 +4,6 @@
 
 pub mod consul_server;
 pub mod fault_proxy;
+pub mod fixture;
 pub mod kvsync;
 pub mod wait;

@@ -19,14 +19,18 @@ pub fn argv(check: &CheckConfig, staged: &Path) -> Vec<String> {
 pub fn run(check: &CheckConfig, staged: &Path) -> Result<(), String> {
     let argv = argv(check, staged);
     let shown = argv.join(" ");
-    let mut child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    // Tracked, so that the orphan reaper (PID 1 duty) leaves its exit status to us.
+    let mut child = crate::process::spawn_tracked(|| cmd.spawn(), |c| Some(c.id()))
         .map_err(|e| format!("check command `{shown}` could not start: {e}"))?;
+    let pid = child.id();
+    let result = wait_check(&mut child, check, &shown);
+    crate::process::untrack(pid);
+    result
+}
+
+fn wait_check(child: &mut std::process::Child, check: &CheckConfig, shown: &str) -> Result<(), String> {
     // Collect output on threads so a chatty check cannot block on a full pipe.
     let mut out = child.stdout.take();
     let mut err = child.stderr.take();

@@ -19,7 +19,7 @@ use units::*;
 
 /// A validated configuration.
 #[derive(Debug)]
-#[allow(dead_code)] // exec, cache and reload settings are read by the parts that implement them
+#[allow(dead_code)] // cache and http settings are read by the parts that implement them
 pub struct Config {
     /// The file it was read from; relative paths inside it are resolved against its directory.
     pub path: PathBuf,
@@ -162,6 +162,10 @@ pub struct ExecConfig {
     pub kill_signal: i32,
     pub kill_timeout: Duration,
     pub restart: RestartPolicy,
+    /// Shortest time between two starts of the child.
+    pub min_restart_interval: Duration,
+    /// (initial, max) of the jittered backoff between restarts after the child exits.
+    pub restart_backoff: (Duration, Duration),
     pub env: Option<ExecEnv>,
 }
 
@@ -268,7 +272,6 @@ impl Config {
     }
 
     /// Template files the config refers to (watched for edits alongside the config).
-    #[allow(dead_code)] // used by config watching (reload), which comes with `exec`
     pub fn template_files(&self) -> Vec<PathBuf> {
         self.outputs
             .iter()
@@ -893,6 +896,8 @@ impl Validator<'_> {
                 kill_signal: 15,
                 kill_timeout: Duration::from_secs(10),
                 restart: RestartPolicy::Never,
+                min_restart_interval: Duration::from_secs(1),
+                restart_backoff: (Duration::from_secs(1), Duration::from_secs(30)),
                 env: None,
             };
         };
@@ -927,11 +932,27 @@ impl Validator<'_> {
                 upcase: env.upcase.unwrap_or(false),
             }
         });
+        let min_restart_interval =
+            self.duration("exec", None, "min_restart_interval", &e.min_restart_interval, Duration::from_secs(1));
+        let restart_backoff = match &e.restart_backoff {
+            None => (Duration::from_secs(1), Duration::from_secs(30)),
+            Some(b) => {
+                let initial =
+                    self.duration("exec", None, "restart_backoff.initial", &b.initial, Duration::from_secs(1));
+                let max = self.duration("exec", None, "restart_backoff.max", &b.max, Duration::from_secs(30));
+                if max < initial {
+                    self.err("exec", None, "restart_backoff: max is shorter than initial; make max at least as long");
+                }
+                (initial, max)
+            }
+        };
         ExecConfig {
             command: e.command.clone(),
             kill_signal,
             kill_timeout: self.duration("exec", None, "kill_timeout", &e.kill_timeout, Duration::from_secs(10)),
             restart,
+            min_restart_interval,
+            restart_backoff,
             env,
         }
     }

@@ -136,7 +136,22 @@ pub struct RawExec {
     #[serde(default, deserialize_with = "text")]
     pub kill_timeout: Option<String>,
     pub restart: Option<String>,
+    /// Shortest time between two starts of the child (restart actions and crashes).
+    #[serde(default, deserialize_with = "text")]
+    pub min_restart_interval: Option<String>,
+    /// Backoff between restarts after the child exits (on-failure, always).
+    pub restart_backoff: Option<RawBackoff>,
     pub env: Option<RawExecEnv>,
+}
+
+/// A backoff: `{ initial, max }` durations.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackoff {
+    #[serde(default, deserialize_with = "text")]
+    pub initial: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub max: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

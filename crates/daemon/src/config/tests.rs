@@ -145,3 +145,38 @@ fn example_config_is_valid() {
         assert!(formats.contains(&f), "the example shows format {f}");
     }
 }
+
+#[test]
+fn exec_defaults() {
+    let c = parse(SRC).unwrap();
+    assert_eq!(c.exec.kill_signal, 15);
+    assert_eq!(c.exec.kill_timeout, Duration::from_secs(10));
+    assert_eq!(c.exec.restart, RestartPolicy::Never);
+    assert_eq!(c.exec.min_restart_interval, Duration::from_secs(1));
+    assert_eq!(c.exec.restart_backoff, (Duration::from_secs(1), Duration::from_secs(30)));
+    assert!(c.watch_config);
+    let c = parse(&format!(
+        "{SRC}exec:\n  command: [app]\n  kill_signal: SIGINT\n  restart: on-failure\n  min_restart_interval: 250ms\n  restart_backoff: {{ initial: 100ms, max: 2s }}\n  env: {{ source: main, prefix: env/ }}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.exec.kill_signal, 2);
+    assert_eq!(c.exec.restart, RestartPolicy::OnFailure);
+    assert_eq!(c.exec.min_restart_interval, Duration::from_millis(250));
+    assert_eq!(c.exec.restart_backoff, (Duration::from_millis(100), Duration::from_secs(2)));
+    let env = c.exec.env.unwrap();
+    assert!(env.sanitize && !env.upcase);
+}
+
+#[test]
+fn bad_exec_settings_are_named() {
+    let err = parse(&format!("{SRC}exec:\n  restart: sometimes\n")).unwrap_err();
+    assert!(err.contains("exec: restart: `sometimes` is not a policy; use never, on-failure or always"), "{err}");
+    let err = parse(&format!("{SRC}exec:\n  restart_backoff: {{ initial: 5s, max: 1s }}\n")).unwrap_err();
+    assert!(err.contains("exec: restart_backoff: max is shorter than initial; make max at least as long"), "{err}");
+    let err = parse(&format!("{SRC}exec:\n  min_restart_interval: soon\n")).unwrap_err();
+    assert!(err.contains("exec: min_restart_interval: "), "{err}");
+    let err = parse(&format!("{SRC}exec:\n  env: {{ source: nope, prefix: env/ }}\n")).unwrap_err();
+    assert!(err.contains("exec: env: source `nope` is not defined"), "{err}");
+    let err = parse(&format!("{SRC}exec:\n  command: []\n")).unwrap_err();
+    assert!(err.contains("exec: command is empty"), "{err}");
+}

@@ -106,7 +106,6 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
 }
 
 /// The name of a signal number, for messages.
-#[allow(dead_code)] // used by signal actions
 pub fn signal_name(n: i32) -> &'static str {
     match n {
         1 => "SIGHUP",
