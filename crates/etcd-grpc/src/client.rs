@@ -140,10 +140,9 @@ impl Client {
                 if let Some(name) = tls.server_name {
                     cfg = cfg.domain_name(name);
                 }
-                ep = ep.tls_config(cfg).map_err(|e| ConnectError::Tls {
-                    endpoint: endpoint.to_string(),
-                    reason: error_chain(&e),
-                })?;
+                ep = ep
+                    .tls_config(cfg)
+                    .map_err(|e| ConnectError::Tls { endpoint: endpoint.to_string(), reason: error_chain(&e) })?;
             }
             (None, false) => {}
         }

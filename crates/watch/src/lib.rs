@@ -11,6 +11,7 @@
 pub mod cache;
 pub mod consul;
 pub mod engine;
+pub mod etcd;
 pub mod file;
 pub mod hash;
 pub mod prefix;
@@ -22,6 +23,7 @@ pub mod stats;
 pub use cache::Cache;
 pub use consul::{ConsulConfig, ConsulSource};
 pub use engine::{Engine, EngineBuilder, Subscription, View};
+pub use etcd::{EtcdConfig, EtcdSource};
 pub use retry::Backoff;
 pub use snapshot::{Change, Entries, Snapshot, Update};
 pub use source::{Mode, Source, SourceError, TlsFiles, UpdateSink};
