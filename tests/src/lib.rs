@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod consul_server;
+pub mod etcd_server;
 pub mod fault_proxy;
 pub mod fixture;
 pub mod kvsync;
