@@ -454,31 +454,56 @@ impl TestClient {
     }
 }
 
-/// A TCP proxy on loopback that counts the connections made through it, to show how many
-/// connections a source opens. Runs until dropped.
-pub struct CountingProxy {
+/// A TCP proxy on loopback between a source and one member: counts the connections made through
+/// it, knows how many are open, and can cut them all and refuse new ones (an outage as the source
+/// sees it, while the member itself stays up for the test to write to). Runs until dropped.
+pub struct Proxy {
     pub port: u16,
-    accepted: Arc<AtomicUsize>,
+    shared: Arc<ProxyShared>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl CountingProxy {
-    pub async fn start(upstream_port: u16) -> Result<CountingProxy> {
+struct ProxyShared {
+    accepted: AtomicUsize,
+    open: AtomicUsize,
+    blocked: std::sync::atomic::AtomicBool,
+    /// Bumped to cut every open connection.
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    pub async fn start(upstream_port: u16) -> Result<Proxy> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&accepted);
+        let shared = Arc::new(ProxyShared {
+            accepted: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+            blocked: std::sync::atomic::AtomicBool::new(false),
+            generation: tokio::sync::watch::channel(0).0,
+        });
+        let sh = Arc::clone(&shared);
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
+                if sh.blocked.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                sh.accepted.fetch_add(1, Ordering::SeqCst);
+                sh.open.fetch_add(1, Ordering::SeqCst);
+                let sh = Arc::clone(&sh);
+                let mut cut = sh.generation.subscribe();
                 tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cut.changed() => {}
+                        }
                     }
+                    sh.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        Ok(CountingProxy { port, accepted, task })
+        Ok(Proxy { port, shared, task })
     }
 
     pub fn endpoint(&self) -> String {
@@ -487,12 +512,33 @@ impl CountingProxy {
 
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
+        self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.shared.open.load(Ordering::SeqCst)
+    }
+
+    /// Cuts every open connection and refuses new ones until [`Proxy::unblock`].
+    pub fn block(&self) {
+        self.shared.blocked.store(true, Ordering::SeqCst);
+        self.cut();
+    }
+
+    pub fn unblock(&self) {
+        self.shared.blocked.store(false, Ordering::SeqCst);
+    }
+
+    /// Cuts every open connection (new ones are accepted unless blocked).
+    pub fn cut(&self) {
+        self.shared.generation.send_modify(|g| *g += 1);
     }
 }
 
-impl Drop for CountingProxy {
+impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
+        self.cut();
     }
 }
