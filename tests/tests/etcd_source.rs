@@ -418,10 +418,13 @@ async fn auth_with_short_token_ttl_over_a_long_watch() -> Result<()> {
     let mut s = start(cfg, &["a/"], 64)?;
     s.until_value("a/", "a/k", "1").await?;
     tokio::time::sleep(Duration::from_secs(4)).await;
+    // The test client's token has expired too: a fresh one.
+    let c = etcd.client().await?;
     c.put("a/k", "2").await?;
     s.until_value("a/", "a/k", "2").await?;
     proxy.cut();
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let c = etcd.client().await?;
     c.put("a/k", "3").await?;
     s.until_value("a/", "a/k", "3").await?;
     assert!(proxy.connections() >= 2);
