@@ -241,11 +241,15 @@ async fn resumes_after_etcd_restart_without_relisting() -> Result<()> {
     s.until_value("r/", "r/a", "1").await?;
     etcd.kill().await;
     s.wait_error("127.0.0.1").await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // An outage several times longer than the backoff maximum (1 s)...
+    tokio::time::sleep(Duration::from_secs(4)).await;
     etcd.restart().await?;
+    let back = Instant::now();
     let c = etcd.client().await?;
     c.put("r/a", "2").await?;
     s.until_value("r/", "r/a", "2").await?;
+    // ...is over for the source within about that maximum once the server is back.
+    assert!(back.elapsed() < Duration::from_millis(2500), "took {:?} after the server came back", back.elapsed());
     let fulls = s.log.iter().filter(|u| full(u).is_some()).count();
     assert_eq!(fulls, 1, "a restart without compaction must resume, not re-list: {:?}", s.log);
     assert!(s.stats.reconnects.load(Ordering::Relaxed) >= 1);
@@ -468,6 +472,33 @@ async fn permission_denied_is_reported_and_other_prefixes_go_on() -> Result<()> 
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(s.stats.errors_status.load(Ordering::Relaxed), errors, "permission denied is not hammered");
     assert!(!s.state.contains_key("secret/"));
+    s.stop().await
+}
+
+/// Permission on `secret/` is granted while the source waits (at the backoff maximum) to try it
+/// again; by then its token has expired: the Range re-authenticates, and the watch create, refused on
+/// the old stream for its expired token, is retried on a new stream with the fresh one.
+#[tokio::test]
+async fn permission_granted_later_is_picked_up_with_a_fresh_token() -> Result<()> {
+    let mut etcd = EtcdServer::start_with(EtcdOptions { auth_token_ttl: Some(1), ..Default::default() }).await?;
+    etcd.enable_auth("rootpw", "reader", "readerpw", &["allowed/"]).await?;
+    let c = etcd.client().await?;
+    c.put("secret/k", "s").await?;
+    let mut cfg = config(vec![etcd.endpoint()]);
+    cfg.username = Some("reader".into());
+    cfg.password_file = Some(password_file(etcd.scratch_dir(), "readerpw")?);
+    cfg.backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(3), None);
+    let mut s = start(cfg, &["allowed/", "secret/"], 64)?;
+    s.next(WAIT).await?;
+    s.wait_error("permission denied").await?;
+    etcd.etcdctl(&["role", "grant-permission", "user-role", "--prefix=true", "read", "secret/"]).await?;
+    s.until_value("secret/", "secret/k", "s").await?;
+    let c = etcd.client().await?;
+    c.put("secret/k", "t").await?;
+    s.until_value("secret/", "secret/k", "t").await?;
+    c.put("allowed/k", "a").await?;
+    s.until_value("allowed/", "allowed/k", "a").await?;
+    assert_eq!(s.stats.reconnects.load(Ordering::Relaxed), 1, "one new stream, for the fresh token");
     s.stop().await
 }
 
