@@ -71,7 +71,7 @@ pub(crate) async fn run(
                         last: failure.message().to_string(),
                     });
                 };
-                d.min(jittered(interval)).max(Duration::from_millis(1))
+                d
             }
         };
         tokio::select! {

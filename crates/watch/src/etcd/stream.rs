@@ -32,7 +32,7 @@ use super::auth::{is_permission_denied_reason, is_token_refused_reason, Credenti
 use super::compaction::{compacted, list_and_deliver, Listed};
 use super::endpoints::{connect, Endpoints};
 use super::resume::{apply_events, Phase, PrefixState};
-use super::{delay_after, report, EtcdConfig, Failure};
+use super::{delay_after, report, EtcdConfig, Failure, CALL_TIMEOUT};
 use crate::retry::Backoff;
 use crate::snapshot::{Change, Update};
 use crate::source::{SourceError, UpdateSink};
@@ -109,6 +109,8 @@ struct Watchers {
     fragments: HashMap<i64, Vec<Event>>,
     /// Whether every prefix has been watched once in this session (the backoff is then reset).
     established: bool,
+    /// When the create in flight (`awaiting`) must have been answered.
+    create_deadline: Option<Instant>,
 }
 
 impl Session<'_> {
@@ -118,11 +120,18 @@ impl Session<'_> {
             Ok(c) => c,
             Err(f) => return f,
         };
-        // Snapshots first (the resume point of a prefix that has one is kept).
-        for i in 0..self.states.len() {
-            if let Err(f) = self.list_if_due(&mut client, i).await {
-                return f;
+        // Snapshots first (the resume point of a prefix that has one is kept). While every prefix is
+        // denied there is nothing to watch: wait for the next retry instead of opening an idle stream.
+        loop {
+            for i in 0..self.states.len() {
+                if let Err(f) = self.list_if_due(&mut client, i).await {
+                    return f;
+                }
             }
+            if self.states.is_empty() || self.states.iter().any(|s| s.next().is_some()) {
+                break;
+            }
+            tokio::time::sleep_until(self.next_denied_retry().into()).await;
         }
         let (tx, rx) = mpsc::channel(16);
         let mut w = Watchers {
@@ -132,6 +141,7 @@ impl Session<'_> {
             by_id: HashMap::new(),
             fragments: HashMap::new(),
             established: false,
+            create_deadline: None,
         };
         // The first create goes in before the stream opens: the server sends its response headers
         // only with its first message, and tonic waits for them before returning the stream.
@@ -139,9 +149,15 @@ impl Session<'_> {
             return f;
         }
         self.sink.stats().request();
-        let mut stream = match client.watch(ReceiverStream::new(rx)).await {
-            Ok(s) => s,
-            Err(s) => return Failure::from_status("Watch", client.endpoint(), &s),
+        let mut stream = match tokio::time::timeout(CALL_TIMEOUT, client.watch(ReceiverStream::new(rx))).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(s)) => return Failure::from_status("Watch", client.endpoint(), &s),
+            Err(_) => {
+                return Failure::Unavailable(format!(
+                    "etcd at {}: the Watch stream did not open within {CALL_TIMEOUT:?}",
+                    client.endpoint()
+                ))
+            }
         };
         if w.awaiting.is_none() {
             self.mark_established(&mut w);
@@ -150,7 +166,16 @@ impl Session<'_> {
         loop {
             // When a denied prefix may be tried again (far in the future when there is none).
             let retry_at = self.next_denied_retry();
+            // When the create in flight must have been answered.
+            let create_deadline = w.create_deadline;
             tokio::select! {
+                // A create went unanswered: the member is not serving this stream.
+                _ = tokio::time::sleep_until(create_deadline.unwrap_or(retry_at).into()), if create_deadline.is_some() => {
+                    return Failure::Unavailable(format!(
+                        "etcd at {}: a watch create was not answered within {CALL_TIMEOUT:?}",
+                        client.endpoint()
+                    ));
+                }
                 // A response on the stream (or its end).
                 msg = stream.message() => {
                     let resp = match msg {
@@ -235,6 +260,7 @@ impl Session<'_> {
             let req = WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) };
             w.tx.send(req).await.map_err(|_| Failure::Unavailable("the watch stream closed".into()))?;
             w.awaiting = Some(i);
+            w.create_deadline = Some(Instant::now() + CALL_TIMEOUT);
             return Ok(());
         }
         Ok(())
@@ -252,6 +278,7 @@ impl Session<'_> {
         let id = resp.watch_id;
         if resp.created {
             // The answer to the create in flight (creates are answered in order, one at a time).
+            w.create_deadline = None;
             let Some(i) = w.awaiting.take() else {
                 return Err(Failure::Other("etcd sent a `created` response for no pending create".into()));
             };
