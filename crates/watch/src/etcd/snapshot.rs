@@ -2,12 +2,12 @@
 //!
 //! The first page is read at the current revision, which becomes R; later pages ask for revision R
 //! explicitly and start after the last key seen, so the whole listing is one consistent state however
-//! many pages it takes. Pages are limited by count; when a page is too large to be received
-//! (RESOURCE_EXHAUSTED), the page size is halved and the page asked again. If R is compacted while
+//! many pages it takes. Pages are limited by count; when a page is too large to be received (over the
+//! decode limit), the page size is halved and the page asked again. If R is compacted while
 //! paging ("required revision has been compacted"), the listing starts over at the new current revision.
 
 use kvsync_etcd_grpc::pb::etcdserverpb::RangeRequest;
-use kvsync_etcd_grpc::{Client, Code};
+use kvsync_etcd_grpc::{Client, Code, Status};
 
 use super::auth::Credentials;
 use super::resume::{utf8_key, within_limit, PrefixState};
@@ -58,11 +58,11 @@ pub(crate) async fn list(
             .await?;
             let resp = match resp {
                 Ok(r) => r,
-                Err(s) if s.code() == Code::ResourceExhausted && page > 1 => {
+                Err(s) if too_large(&s) && page > 1 => {
                     page = (page / 2).max(1);
                     continue;
                 }
-                Err(s) if s.code() == Code::OutOfRange && revision != 0 && restarts < MAX_RESTARTS => {
+                Err(s) if s.message().contains("compacted") && revision != 0 && restarts < MAX_RESTARTS => {
                     restarts += 1;
                     continue 'listing;
                 }
@@ -94,4 +94,10 @@ pub(crate) async fn list(
         }
         return Ok(Listing { entries, revision });
     }
+}
+
+/// Whether a page was refused for its size: by the server (RESOURCE_EXHAUSTED) or by our own
+/// decoder (tonic reports "decoded message length too large" as OUT_OF_RANGE).
+fn too_large(s: &Status) -> bool {
+    s.code() == Code::ResourceExhausted || s.message().contains("message length too large")
 }
