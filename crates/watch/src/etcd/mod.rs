@@ -221,3 +221,77 @@ pub(crate) fn jittered(interval: Duration) -> Duration {
     let spread = tenth.as_nanos().min(u64::MAX as u128) as u64;
     interval - tenth + Duration::from_nanos(fastrand::u64(0..=spread.saturating_mul(2)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_sorted_by_what_to_do() {
+        let f = |s: Status| Failure::from_status("Range of `a/`", "http://e", &s);
+        assert!(matches!(f(Status::unavailable("connection refused")), Failure::Unavailable(_)));
+        assert!(matches!(f(Status::unauthenticated("etcdserver: invalid auth token")), Failure::TokenRefused(_)));
+        match f(Status::permission_denied("etcdserver: permission denied")) {
+            Failure::Persistent(m) => {
+                assert!(m.contains("http://e") && m.contains("Range of `a/`") && m.contains("grant-permission"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        match f(Status::invalid_argument("etcdserver: authentication failed, invalid user ID or password")) {
+            Failure::Persistent(m) => assert!(m.contains("password_file"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(f(Status::internal("boom")), Failure::Other(_)));
+    }
+
+    #[test]
+    fn persistent_failures_wait_the_backoff_max_and_a_refused_token_retries_at_once() {
+        let mut b = Backoff::new(Duration::from_millis(10), Duration::from_secs(7), None);
+        let mut t = 0;
+        assert_eq!(delay_after(&Failure::Persistent("x".into()), &mut b, &mut t), Some(Duration::from_secs(7)));
+        assert_eq!(delay_after(&Failure::TokenRefused("x".into()), &mut b, &mut t), Some(Duration::ZERO));
+        assert!(delay_after(&Failure::TokenRefused("x".into()), &mut b, &mut t).unwrap() > Duration::ZERO);
+        let mut limited = Backoff::new(Duration::from_millis(10), Duration::from_secs(1), Some(1));
+        assert!(delay_after(&Failure::Other("x".into()), &mut limited, &mut t).is_some());
+        assert!(delay_after(&Failure::Other("x".into()), &mut limited, &mut t).is_none());
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_secs(10));
+            assert!(d >= Duration::from_secs(9) && d <= Duration::from_secs(11), "{d:?}");
+        }
+    }
+
+    fn cfg() -> EtcdConfig {
+        EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            tls: None,
+            username: None,
+            password_file: None,
+            mode: Mode::Watch,
+            backoff: Backoff::new(Duration::from_millis(10), Duration::from_secs(1), None),
+            max_value_bytes: 1024,
+        }
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_what_to_fix() {
+        let err = |c: EtcdConfig| EtcdSource::new(c).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(EtcdSource::new(cfg()).is_ok());
+        let mut c = cfg();
+        c.tls = Some(TlsFiles::default());
+        assert!(err(c).contains("write it as https://"));
+        let mut c = cfg();
+        c.password_file = Some("/p".into());
+        assert!(err(c).contains("`username` is not"));
+        let mut c = cfg();
+        c.endpoints = vec!["https://e:2379".into()];
+        c.tls = Some(TlsFiles { cert_file: Some("/c".into()), ..TlsFiles::default() });
+        assert!(err(c).contains("key_file"));
+        let mut c = cfg();
+        c.mode = Mode::Poll { interval: Duration::ZERO };
+        assert!(err(c).contains("interval"));
+    }
+}

@@ -119,3 +119,86 @@ pub(crate) fn within_limit(key: &str, value: Bytes, max: usize, sink: &UpdateSin
     sink.stats().error(ErrorKind::Other, msg);
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvsync_etcd_grpc::pb::mvccpb::KeyValue;
+
+    fn put(key: &str, value: &str, rev: i64) -> Event {
+        Event {
+            r#type: EventType::Put as i32,
+            kv: Some(KeyValue {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                value: Bytes::copy_from_slice(value.as_bytes()),
+                mod_revision: rev,
+                create_revision: rev,
+                version: 1,
+                lease: 0,
+            }),
+            prev_kv: None,
+        }
+    }
+
+    fn delete(key: &str, rev: i64) -> Event {
+        // A DELETE carries only the key and mod_revision; everything else is zero.
+        Event {
+            r#type: EventType::Delete as i32,
+            kv: Some(KeyValue {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                mod_revision: rev,
+                ..KeyValue::default()
+            }),
+            prev_kv: None,
+        }
+    }
+
+    fn listed(next: i64) -> PrefixState {
+        let mut s = PrefixState::new("p/".into());
+        s.phase = Phase::Listed { next };
+        s
+    }
+
+    #[test]
+    fn resume_point_is_last_event_plus_one() {
+        let (sink, _rx) = UpdateSink::channel("t", 1);
+        let mut s = listed(10);
+        let (delta, version) = apply_events(&mut s, vec![put("p/a", "1", 10), delete("p/b", 12)], 100, &sink).unwrap();
+        assert_eq!(version, 12);
+        assert_eq!(delta, vec![("p/a".to_string(), Some(Bytes::from("1"))), ("p/b".to_string(), None)]);
+        assert_eq!(s.next(), Some(13));
+    }
+
+    #[test]
+    fn events_already_delivered_are_dropped() {
+        let (sink, _rx) = UpdateSink::channel("t", 1);
+        let mut s = listed(13);
+        assert!(apply_events(&mut s, vec![put("p/a", "old", 12)], 100, &sink).is_none());
+        assert_eq!(s.next(), Some(13));
+        let (delta, _) = apply_events(&mut s, vec![put("p/a", "old", 12), put("p/a", "new", 13)], 100, &sink).unwrap();
+        assert_eq!(delta, vec![("p/a".to_string(), Some(Bytes::from("new")))]);
+    }
+
+    #[test]
+    fn oversized_value_becomes_a_deletion_and_non_utf8_keys_are_skipped() {
+        let (sink, _rx) = UpdateSink::channel("t", 1);
+        let mut s = listed(1);
+        let mut bad = put("p/x", "v", 2);
+        if let Some(kv) = &mut bad.kv {
+            kv.key = Bytes::from_static(b"p/\xff");
+        }
+        let (delta, version) = apply_events(&mut s, vec![put("p/big", "0123456789", 1), bad], 5, &sink).unwrap();
+        assert_eq!(delta, vec![("p/big".to_string(), None)]);
+        assert_eq!(version, 2, "the skipped key still moves the resume point");
+        assert_eq!(s.next(), Some(3));
+        let err = sink.stats().last_error.lock().unwrap().clone().unwrap().1;
+        assert!(err.contains("not UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn not_listed_means_no_delta() {
+        let (sink, _rx) = UpdateSink::channel("t", 1);
+        let mut s = PrefixState::new("p/".into());
+        assert!(apply_events(&mut s, vec![put("p/a", "1", 5)], 100, &sink).is_none());
+    }
+}
