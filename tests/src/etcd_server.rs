@@ -37,6 +37,9 @@ pub struct EtcdOptions {
     pub tls: bool,
     /// Require client certificates (`--client-cert-auth`); implies `tls`.
     pub client_cert_auth: bool,
+    /// Common name of the generated client certificate: under `--client-cert-auth` with auth enabled,
+    /// etcd takes it as the user name of calls that carry no token. Default `root`.
+    pub client_cn: Option<String>,
     /// `--auth-token-ttl` in seconds (simple tokens).
     pub auth_token_ttl: Option<u32>,
     /// `--max-request-bytes`.
@@ -144,7 +147,11 @@ impl EtcdServer {
             options.tls = true;
         }
         let dir = tempfile::tempdir()?;
-        let certs = if options.tls { Some(Arc::new(TestCerts::generate(dir.path(), "root")?)) } else { None };
+        let certs = if options.tls {
+            Some(Arc::new(TestCerts::generate(dir.path(), options.client_cn.as_deref().unwrap_or("root"))?))
+        } else {
+            None
+        };
         Ok(EtcdServer {
             name: name.to_string(),
             dir,

@@ -551,6 +551,37 @@ async fn mutual_tls_needs_the_client_certificate() -> Result<()> {
     s.stop().await
 }
 
+/// With `--client-cert-auth` and auth enabled, the client certificate's CN is the user: a source
+/// with a certificate for `reader` and no password reads what `reader` may read, and nothing else.
+#[tokio::test]
+async fn client_certificate_common_name_is_the_user() -> Result<()> {
+    let mut etcd = EtcdServer::start_with(EtcdOptions {
+        client_cert_auth: true,
+        client_cn: Some("reader".into()),
+        ..Default::default()
+    })
+    .await?;
+    etcd.enable_auth("rootpw", "reader", "readerpw", &["allowed/"]).await?;
+    let c = etcd.client().await?;
+    c.put("allowed/k", "1").await?;
+    c.put("secret/k", "s").await?;
+    let certs = etcd.certs().context("certs")?;
+    let mut cfg = config(vec![etcd.endpoint()]);
+    cfg.tls = Some(TlsFiles {
+        ca_file: Some(certs.ca.clone()),
+        cert_file: Some(certs.client_cert.clone()),
+        key_file: Some(certs.client_key.clone()),
+        server_name: None,
+    });
+    cfg.backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(30), None);
+    let mut s = start(cfg, &["allowed/", "secret/"], 64)?;
+    s.until_value("allowed/", "allowed/k", "1").await?;
+    let e = s.wait_error("permission denied").await?;
+    assert!(e.contains("secret/"), "{e}");
+    assert!(!s.state.contains_key("secret/"));
+    s.stop().await
+}
+
 #[tokio::test]
 async fn three_prefixes_share_one_connection_and_one_stream() -> Result<()> {
     let etcd = EtcdServer::start().await?;

@@ -203,10 +203,8 @@ impl Session<'_> {
                             w.queue.push_back(i);
                         }
                     }
-                    if w.awaiting.is_none() {
-                        if let Err(f) = self.send_next_create(&mut w).await {
-                            return f;
-                        }
+                    if let Err(f) = self.send_next_create(&mut w).await {
+                        return f;
                     }
                 }
             }
@@ -245,7 +243,10 @@ impl Session<'_> {
 
     /// Sends the create for the next queued prefix, if any and if none is awaiting its answer.
     async fn send_next_create(&mut self, w: &mut Watchers) -> Result<(), Failure> {
-        debug_assert!(w.awaiting.is_none());
+        if w.awaiting.is_some() {
+            // One create at a time; the queue moves on when this one is answered.
+            return Ok(());
+        }
         while let Some(i) = w.queue.pop_front() {
             let state = &self.states[i];
             let Some(start) = state.next() else { continue };
@@ -383,9 +384,7 @@ impl Session<'_> {
         match list_and_deliver(client, self.credentials, &mut self.states[i], max, self.backoff, self.sink).await? {
             Listed::Yes => {
                 w.queue.push_back(i);
-                if w.awaiting.is_none() {
-                    self.send_next_create(w).await?;
-                }
+                self.send_next_create(w).await?;
             }
             Listed::Denied => {}
         }
