@@ -622,6 +622,25 @@ async fn poll_mode_reports_changes_only() -> Result<()> {
     s.stop().await
 }
 
+/// The first endpoint refuses connections: both modes move on to the next one.
+#[tokio::test]
+async fn dead_first_endpoint_fails_over_in_both_modes() -> Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let c = etcd.client().await?;
+    c.put("d/k", "1").await?;
+    let dead = format!("http://127.0.0.1:{}", kvsync_tests::etcd_server::free_port()?);
+    for mode in [Mode::Watch, Mode::Poll { interval: Duration::from_millis(100) }] {
+        let mut cfg = config(vec![dead.clone(), etcd.endpoint()]);
+        cfg.mode = mode;
+        let mut s = start(cfg, &["d/"], 64)?;
+        s.until_value("d/", "d/k", "1").await?;
+        let e = s.last_error().context("the dead endpoint is reported")?;
+        assert!(e.contains(&dead) && e.contains("cannot connect"), "{e}");
+        s.stop().await?;
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn config_errors_are_clear() {
     let mut cfg = config(vec![]);
