@@ -56,6 +56,22 @@ pub struct EtcdConfig {
 }
 
 /// An etcd v3 source. Build with [`EtcdSource::new`], start with [`Source::run`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use kvsync_watch::{Backoff, EtcdConfig, EtcdSource, Mode, Source};
+///
+/// let source: Box<dyn Source> = Box::new(EtcdSource::new(EtcdConfig {
+///     endpoints: vec!["http://127.0.0.1:2379".into()],
+///     tls: None,
+///     username: None,
+///     password_file: None,
+///     mode: Mode::Watch,
+///     backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(30), None),
+///     max_value_bytes: 1024 * 1024,
+/// })?);
+/// # Ok::<(), kvsync_watch::SourceError>(())
+/// ```
 pub struct EtcdSource {
     config: EtcdConfig,
 }
@@ -129,6 +145,11 @@ impl Source for EtcdSource {
         cancel: CancellationToken,
     ) -> BoxFuture<Result<(), SourceError>> {
         Box::pin(async move {
+            if prefixes.is_empty() {
+                // Nothing to watch: no connection either.
+                cancel.cancelled().await;
+                return Ok(());
+            }
             match self.config.mode {
                 Mode::Watch => stream::run(self.config, prefixes, sink, cancel).await,
                 Mode::Poll { interval } => poll::run(self.config, interval, prefixes, sink, cancel).await,
