@@ -435,6 +435,28 @@ async fn auth_with_short_token_ttl_over_a_long_watch() -> Result<()> {
     s.stop().await
 }
 
+/// Poll mode with an interval longer than the token TTL: each round finds its token expired,
+/// authenticates again in place and retries the Range, on the same connection.
+#[tokio::test]
+async fn poll_mode_reauthenticates_in_place_when_the_token_expired() -> Result<()> {
+    let mut etcd = EtcdServer::start_with(EtcdOptions { auth_token_ttl: Some(1), ..Default::default() }).await?;
+    etcd.enable_auth("rootpw", "reader", "readerpw", &["a/"]).await?;
+    let proxy = Proxy::start(etcd.client_port).await?;
+    etcd.client().await?.put("a/k", "1").await?;
+    let mut cfg = config(vec![proxy.endpoint()]);
+    cfg.mode = Mode::Poll { interval: Duration::from_millis(1800) };
+    cfg.username = Some("reader".into());
+    cfg.password_file = Some(password_file(etcd.scratch_dir(), "readerpw")?);
+    let mut s = start(cfg, &["a/"], 64)?;
+    s.until_value("a/", "a/k", "1").await?;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    etcd.client().await?.put("a/k", "2").await?;
+    s.until_value("a/", "a/k", "2").await?;
+    assert_eq!(proxy.connections(), 1, "re-authentication does not reconnect");
+    assert_eq!(s.stats.errors_status.load(Ordering::Relaxed), 0, "an expired token is not an error to report");
+    s.stop().await
+}
+
 #[tokio::test]
 async fn wrong_password_is_reported_clearly() -> Result<()> {
     let mut etcd = EtcdServer::start().await?;
