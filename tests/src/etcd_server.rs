@@ -6,13 +6,13 @@
 //! killed and restarted on the same data directory and ports. Optional: TLS with certificates made by
 //! rcgen for the test (server SAN 127.0.0.1, client certificate with a chosen CN), client-certificate
 //! auth, and etcd users/roles set up with `etcdctl`. [`TestClient`] writes through the gRPC client.
+//! To cut a source off from a member, put a [`crate::fault_proxy::FaultProxy`] in front of its client port.
 //!
 //! `etcd` and `etcdctl` must be on PATH (Debian's etcd-server and etcd-client; `scripts/test` installs them).
 
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -458,94 +458,5 @@ impl TestClient {
     pub async fn revision(&self) -> Result<i64> {
         let s = self.client.status(CALL).await.context("status")?;
         Ok(s.header.map(|h| h.revision).unwrap_or(0))
-    }
-}
-
-/// A TCP proxy on loopback between a source and one member: counts the connections made through
-/// it, knows how many are open, and can cut them all and refuse new ones (an outage as the source
-/// sees it, while the member itself stays up for the test to write to). Runs until dropped.
-pub struct Proxy {
-    pub port: u16,
-    shared: Arc<ProxyShared>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-struct ProxyShared {
-    accepted: AtomicUsize,
-    open: AtomicUsize,
-    blocked: std::sync::atomic::AtomicBool,
-    /// Bumped to cut every open connection.
-    generation: tokio::sync::watch::Sender<u64>,
-}
-
-impl Proxy {
-    pub async fn start(upstream_port: u16) -> Result<Proxy> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let shared = Arc::new(ProxyShared {
-            accepted: AtomicUsize::new(0),
-            open: AtomicUsize::new(0),
-            blocked: std::sync::atomic::AtomicBool::new(false),
-            generation: tokio::sync::watch::channel(0).0,
-        });
-        let sh = Arc::clone(&shared);
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if sh.blocked.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                sh.accepted.fetch_add(1, Ordering::SeqCst);
-                sh.open.fetch_add(1, Ordering::SeqCst);
-                let sh = Arc::clone(&sh);
-                let mut cut = sh.generation.subscribe();
-                tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await {
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            _ = cut.changed() => {}
-                        }
-                    }
-                    sh.open.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-        });
-        Ok(Proxy { port, shared, task })
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Connections accepted so far.
-    pub fn connections(&self) -> usize {
-        self.shared.accepted.load(Ordering::SeqCst)
-    }
-
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.shared.open.load(Ordering::SeqCst)
-    }
-
-    /// Cuts every open connection and refuses new ones until [`Proxy::unblock`].
-    pub fn block(&self) {
-        self.shared.blocked.store(true, Ordering::SeqCst);
-        self.cut();
-    }
-
-    pub fn unblock(&self) {
-        self.shared.blocked.store(false, Ordering::SeqCst);
-    }
-
-    /// Cuts every open connection (new ones are accepted unless blocked).
-    pub fn cut(&self) {
-        self.shared.generation.send_modify(|g| *g += 1);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-        self.cut();
     }
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use kvsync_tests::etcd_server::{EtcdCluster, EtcdOptions, EtcdServer, Proxy};
+use kvsync_tests::etcd_server::{EtcdCluster, EtcdOptions, EtcdServer};
+use kvsync_tests::fault_proxy::{FaultProxy, ProxyMode};
 use kvsync_watch::source::SinkReceiver;
 use kvsync_watch::{
     Backoff, Change, EtcdConfig, EtcdSource, Mode, Source, SourceError, SourceStats, TlsFiles, Update, UpdateSink,
@@ -20,6 +21,17 @@ use tokio_util::sync::CancellationToken;
 
 /// The longest any single expected event may take.
 const WAIT: Duration = Duration::from_secs(20);
+
+/// A fault proxy in front of a member's client port: the source's view of the network.
+async fn proxy_to(port: u16) -> Result<FaultProxy> {
+    FaultProxy::start(([127, 0, 0, 1], port).into()).await
+}
+
+/// An outage as the source sees it: live connections reset, new ones closed at once.
+fn block(proxy: &FaultProxy) {
+    proxy.set_mode(ProxyMode::Drop);
+    proxy.reset_all();
+}
 
 fn config(endpoints: Vec<String>) -> EtcdConfig {
     EtcdConfig {
@@ -261,19 +273,19 @@ async fn resumes_after_etcd_restart_without_relisting() -> Result<()> {
 #[tokio::test]
 async fn compaction_while_disconnected_relists_and_reconciles_deletes() -> Result<()> {
     let etcd = EtcdServer::start().await?;
-    let proxy = Proxy::start(etcd.client_port).await?;
+    let proxy = proxy_to(etcd.client_port).await?;
     let c = etcd.client().await?;
     c.put("x/a", "1").await?;
     c.put("x/b", "1").await?;
-    let mut s = start(config(vec![proxy.endpoint()]), &["x/"], 64)?;
+    let mut s = start(config(vec![proxy.url()]), &["x/"], 64)?;
     s.until("x/", "x/a and x/b", |m| m.len() == 2).await?;
-    proxy.block();
+    block(&proxy);
     c.delete("x/a").await?;
     c.put("x/b", "2").await?;
     c.put("x/c", "3").await?;
     let rev = c.put("y/unrelated", "z").await?;
     c.compact(rev).await?;
-    proxy.unblock();
+    proxy.set_mode(ProxyMode::Pass);
     s.until("x/", "x/a gone, x/b=2, x/c=3", |m| {
         m.len() == 2 && m.get("x/b").is_some_and(|v| v == "2") && m.get("x/c").is_some_and(|v| v == "3")
     })
@@ -293,20 +305,21 @@ async fn compaction_while_disconnected_relists_and_reconciles_deletes() -> Resul
 async fn catch_up_over_1000_revisions_cut_halfway_has_no_gap_or_duplicate() -> Result<()> {
     const N: usize = 3000;
     let etcd = EtcdServer::start().await?;
-    let proxy = Proxy::start(etcd.client_port).await?;
+    let proxy = proxy_to(etcd.client_port).await?;
     let c = etcd.client().await?;
     // Capacity 1: the source cannot run ahead of the test.
-    let mut s = start(config(vec![proxy.endpoint()]), &["c/"], 1)?;
+    let mut s = start(config(vec![proxy.url()]), &["c/"], 1)?;
     s.next(WAIT).await?;
     // Let the watcher be created before cutting.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    proxy.block();
+    block(&proxy);
     for i in 1..=N {
         c.put(&format!("c/{}", i % 7), i.to_string()).await?;
     }
-    proxy.unblock();
+    proxy.set_mode(ProxyMode::Pass);
     let mut seen: Vec<usize> = Vec::new();
     let mut cut = false;
+    let mut before_cut = usize::MAX;
     let deadline = Instant::now() + Duration::from_secs(60);
     while seen.last() != Some(&N) {
         if Instant::now() > deadline {
@@ -325,13 +338,14 @@ async fn catch_up_over_1000_revisions_cut_halfway_has_no_gap_or_duplicate() -> R
         if !cut {
             cut = true;
             assert!(seen.len() < N, "the first response must not hold the whole catch-up");
-            proxy.cut();
+            before_cut = proxy.accepted();
+            proxy.reset_all();
         }
     }
     let expected: Vec<usize> = (1..=N).collect();
     assert_eq!(seen.len(), N, "every revision exactly once");
     assert_eq!(seen, expected);
-    assert!(proxy.connections() >= 2, "the stream must have been cut and resumed");
+    assert!(proxy.accepted() > before_cut, "the stream must have been cut and resumed on a new connection");
     s.stop().await
 }
 
@@ -364,23 +378,23 @@ async fn prefix_delete_is_one_revision_with_many_events() -> Result<()> {
 #[tokio::test]
 async fn large_values_and_ranges_over_4mib() -> Result<()> {
     let etcd = EtcdServer::start().await?;
-    let proxy = Proxy::start(etcd.client_port).await?;
+    let proxy = proxy_to(etcd.client_port).await?;
     let c = etcd.client().await?;
     let big = |i: u8| Bytes::from(vec![b'a' + i; 1_400_000]);
     for i in 0..4 {
         c.put(&format!("big/{i}"), big(i)).await?;
     }
-    let mut s = start(config(vec![proxy.endpoint()]), &["big/"], 64)?;
+    let mut s = start(config(vec![proxy.url()]), &["big/"], 64)?;
     let first = s.next(WAIT).await?;
     let (entries, _) = full(&first).context("Full first")?;
     assert_eq!(entries.len(), 4);
     assert!(entries.values().map(Bytes::len).sum::<usize>() > 4 * 1024 * 1024);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    proxy.block();
+    block(&proxy);
     for i in 0..4 {
         c.put(&format!("big/{i}"), big(i + 10)).await?;
     }
-    proxy.unblock();
+    proxy.set_mode(ProxyMode::Pass);
     let before = s.log.len();
     s.until("big/", "the four new values", |m| (0..4).all(|i| m.get(&format!("big/{i}")) == Some(&big(i + 10))))
         .await?;
@@ -424,10 +438,10 @@ fn password_file(dir: &std::path::Path, password: &str) -> Result<PathBuf> {
 async fn auth_with_short_token_ttl_over_a_long_watch() -> Result<()> {
     let mut etcd = EtcdServer::start_with(EtcdOptions { auth_token_ttl: Some(2), ..Default::default() }).await?;
     etcd.enable_auth("rootpw", "reader", "readerpw", &["a/"]).await?;
-    let proxy = Proxy::start(etcd.client_port).await?;
+    let proxy = proxy_to(etcd.client_port).await?;
     let c = etcd.client().await?;
     c.put("a/k", "1").await?;
-    let mut cfg = config(vec![proxy.endpoint()]);
+    let mut cfg = config(vec![proxy.url()]);
     cfg.username = Some("reader".into());
     cfg.password_file = Some(password_file(etcd.scratch_dir(), "readerpw")?);
     let mut s = start(cfg, &["a/"], 64)?;
@@ -437,12 +451,12 @@ async fn auth_with_short_token_ttl_over_a_long_watch() -> Result<()> {
     let c = etcd.client().await?;
     c.put("a/k", "2").await?;
     s.until_value("a/", "a/k", "2").await?;
-    proxy.cut();
+    proxy.reset_all();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let c = etcd.client().await?;
     c.put("a/k", "3").await?;
     s.until_value("a/", "a/k", "3").await?;
-    assert!(proxy.connections() >= 2);
+    assert!(proxy.accepted() >= 2);
     s.stop().await
 }
 
@@ -452,9 +466,9 @@ async fn auth_with_short_token_ttl_over_a_long_watch() -> Result<()> {
 async fn poll_mode_reauthenticates_in_place_when_the_token_expired() -> Result<()> {
     let mut etcd = EtcdServer::start_with(EtcdOptions { auth_token_ttl: Some(1), ..Default::default() }).await?;
     etcd.enable_auth("rootpw", "reader", "readerpw", &["a/"]).await?;
-    let proxy = Proxy::start(etcd.client_port).await?;
+    let proxy = proxy_to(etcd.client_port).await?;
     etcd.client().await?.put("a/k", "1").await?;
-    let mut cfg = config(vec![proxy.endpoint()]);
+    let mut cfg = config(vec![proxy.url()]);
     cfg.mode = Mode::Poll { interval: Duration::from_millis(1800) };
     cfg.username = Some("reader".into());
     cfg.password_file = Some(password_file(etcd.scratch_dir(), "readerpw")?);
@@ -463,7 +477,7 @@ async fn poll_mode_reauthenticates_in_place_when_the_token_expired() -> Result<(
     tokio::time::sleep(Duration::from_millis(2500)).await;
     etcd.client().await?.put("a/k", "2").await?;
     s.until_value("a/", "a/k", "2").await?;
-    assert_eq!(proxy.connections(), 1, "re-authentication does not reconnect");
+    assert_eq!(proxy.accepted(), 1, "re-authentication does not reconnect");
     assert_eq!(s.stats.errors_status.load(Ordering::Relaxed), 0, "an expired token is not an error to report");
     s.stop().await
 }
@@ -618,9 +632,9 @@ async fn client_certificate_common_name_is_the_user() -> Result<()> {
 #[tokio::test]
 async fn three_prefixes_share_one_connection_and_one_stream() -> Result<()> {
     let etcd = EtcdServer::start().await?;
-    let proxy = Proxy::start(etcd.client_port).await?;
+    let proxy = proxy_to(etcd.client_port).await?;
     let c = etcd.client().await?;
-    let mut s = start(config(vec![proxy.endpoint()]), &["p1/", "p2/", "p3/"], 64)?;
+    let mut s = start(config(vec![proxy.url()]), &["p1/", "p2/", "p3/"], 64)?;
     for _ in 0..3 {
         s.next(WAIT).await?;
     }
@@ -630,8 +644,8 @@ async fn three_prefixes_share_one_connection_and_one_stream() -> Result<()> {
     for p in ["p1/", "p2/", "p3/"] {
         s.until_value(p, &format!("{p}k"), p).await?;
     }
-    assert_eq!(proxy.connections(), 1, "one TCP connection for the whole source");
-    assert_eq!(proxy.open(), 1);
+    assert_eq!(proxy.accepted(), 1, "one TCP connection for the whole source");
+    assert_eq!(proxy.live(), 1);
     s.stop().await
 }
 
@@ -689,8 +703,8 @@ async fn config_errors_are_clear() {
 }
 
 /// Which member (by proxy) the source is connected to now.
-fn connected(proxies: &[Proxy]) -> Option<usize> {
-    proxies.iter().position(|p| p.open() > 0)
+fn connected(proxies: &[FaultProxy]) -> Option<usize> {
+    proxies.iter().position(|p| p.live() > 0)
 }
 
 /// A three-member cluster, the source given all three (through proxies, to see where it is connected):
@@ -701,9 +715,9 @@ async fn cluster_failover_and_leader_loss() -> Result<()> {
     let mut cluster = EtcdCluster::start(3).await?;
     let mut proxies = Vec::new();
     for m in &cluster.members {
-        proxies.push(Proxy::start(m.client_port).await?);
+        proxies.push(proxy_to(m.client_port).await?);
     }
-    let endpoints = proxies.iter().map(Proxy::endpoint).collect();
+    let endpoints = proxies.iter().map(FaultProxy::url).collect();
     let mut s = start(config(endpoints), &["f/"], 256)?;
     s.next(WAIT).await?;
     cluster.client().await?.put("f/k", "0").await?;
@@ -712,21 +726,21 @@ async fn cluster_failover_and_leader_loss() -> Result<()> {
     // 1. Kill the member the source is connected to.
     let first = connected(&proxies).context("the source holds a connection")?;
     cluster.members[first].kill().await;
-    proxies[first].block();
+    block(&proxies[first]);
     cluster.wait_for_leader(WAIT).await?;
     let c = cluster.client().await?;
     for i in 1..=20 {
         c.put("f/k", i.to_string()).await?;
     }
     s.until_value("f/", "f/k", "20").await?;
-    proxies[first].unblock();
+    proxies[first].set_mode(ProxyMode::Pass);
     cluster.start_member(first)?;
     cluster.wait_for_leader(WAIT).await?;
 
     // 2. Kill the leader.
     let leader = cluster.wait_for_leader(WAIT).await?;
     cluster.members[leader].kill().await;
-    proxies[leader].block();
+    block(&proxies[leader]);
     let deadline = Instant::now() + WAIT;
     let c = loop {
         if let Ok(c) = cluster.client().await {
@@ -742,7 +756,7 @@ async fn cluster_failover_and_leader_loss() -> Result<()> {
     c.put("f/after-leader", "yes").await?;
     s.until_value("f/", "f/after-leader", "yes").await?;
     s.until_value("f/", "f/k", "21").await?;
-    proxies[leader].unblock();
+    proxies[leader].set_mode(ProxyMode::Pass);
     cluster.start_member(leader)?;
     cluster.wait_for_leader(WAIT).await?;
     // Let the restarted member catch up before taking quorum away.
