@@ -62,8 +62,12 @@ async fn bare_watcher(addr: std::net::SocketAddr, prefix: String, rec: Arc<Recor
             .header("host", addr.to_string())
             .body(Empty::<bytes::Bytes>::new())?;
         let resp = send.send_request(req).await?;
-        let new_index: u64 =
-            resp.headers().get("x-consul-index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(1);
+        let new_index: u64 = resp
+            .headers()
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
         let body = resp.into_body().collect().await?.to_bytes();
         if new_index != index {
             if let Ok(serde_json::Value::Array(items)) = serde_json::from_slice::<serde_json::Value>(&body) {
@@ -99,7 +103,8 @@ async fn latency(c: &Counts, mode: &str) -> anyhow::Result<LatencyRow> {
     let _w = dest::watch(&out, Arc::clone(&subject), false)?;
     let watcher = tokio::spawn(bare_watcher(server.addr(), "bench/".into(), Arc::clone(&baseline)));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (n, rate) = if mode == "poll" { (c.poll_changes as u64, 1) } else { (c.latency_changes as u64, c.latency_rate_per_s) };
+    let (n, rate) =
+        if mode == "poll" { (c.poll_changes as u64, 1) } else { (c.latency_changes as u64, c.latency_rate_per_s) };
     let start = Instant::now();
     for seq in 1..=n {
         server.put("bench/k", value(seq, 1024));
@@ -208,7 +213,12 @@ async fn idle(c: &Counts, mode: &str) -> anyhow::Result<IdleRow> {
     let o = dir.path();
     let outputs: String = ["a", "b", "c"]
         .iter()
-        .map(|p| format!("  - {{ name: {p}, source: c, prefix: {p}/, format: json, destination: {}/{p}.json }}\n", o.display()))
+        .map(|p| {
+            format!(
+                "  - {{ name: {p}, source: c, prefix: {p}/, format: json, destination: {}/{p}.json }}\n",
+                o.display()
+            )
+        })
         .collect();
     let cfg = write_config(dir.path(), &source(&server.url(), mode), &outputs)?;
     let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
