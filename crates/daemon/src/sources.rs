@@ -35,9 +35,18 @@ pub fn build(cfg: &Config, s: &SourceConfig) -> Result<BuiltSource, String> {
             })
             .map_err(|e| format!("source `{}`: {e}", s.name))?,
         ),
-        SourceKind::Etcd { .. } => {
-            return Err(format!("source `{}`: the etcd source is not available in this build", s.name))
-        }
+        SourceKind::Etcd { endpoints, tls, username, password_file } => Box::new(
+            kvsync_watch::EtcdSource::new(kvsync_watch::EtcdConfig {
+                endpoints: endpoints.clone(),
+                tls: tls.clone(),
+                username: username.clone(),
+                password_file: password_file.clone(),
+                mode: s.mode,
+                backoff,
+                max_value_bytes,
+            })
+            .map_err(|e| format!("source `{}`: {e}", s.name))?,
+        ),
     };
     Ok(BuiltSource { name: s.name.clone(), source, stats: Arc::default() })
 }
