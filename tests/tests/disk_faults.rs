@@ -102,3 +102,54 @@ fn full_and_read_only_file_systems() {
     wait::until(T, "the write after the remount", || fs::read_to_string(&dest).is_ok_and(|t| t.contains("fifth")));
     drop(d);
 }
+
+/// A destination that is a bind-mounted single file (Docker `-v file:file`, Kubernetes `subPath`)
+/// cannot be renamed over (EBUSY): kvsync rewrites it in place, with a warning.
+#[test]
+fn bind_mounted_file_is_rewritten_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = dir.path().join("kv");
+    fs::create_dir_all(kv.join("app")).unwrap();
+    let source_file = dir.path().join("real.json");
+    fs::write(&source_file, "{}").unwrap();
+    fs::create_dir_all(dir.path().join("mnt")).unwrap();
+    let dest = dir.path().join("mnt/app.json");
+    fs::write(&dest, "").unwrap();
+    let mounted =
+        Command::new("mount").arg("--bind").arg(&source_file).arg(&dest).status().map(|s| s.success()).unwrap_or(false);
+    if !mounted {
+        eprintln!("SKIPPED: bind mounts are not allowed here (needs root)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(dest.clone());
+    put(&kv, "app/v", "in-place");
+    let cfg = dir.path().join("k.yaml");
+    fs::write(
+        &cfg,
+        format!(
+            "sources:\n  - {{ name: l, type: file, path: {} }}\nhttp: {{ listen: \"\" }}\noutputs:\n  - {{ name: app, source: l, prefix: app/, format: json, destination: {} }}\n",
+            kv.display(),
+            dest.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&["run", "--config", &cfg.display().to_string()]);
+    d.wait_log("rename refused (EBUSY", T);
+    wait::until(T, "the in-place write", || fs::read_to_string(&dest).is_ok_and(|t| t.contains("in-place")));
+    // The mount was not replaced: the file behind it holds the new content too.
+    assert!(fs::read_to_string(&source_file).unwrap().contains("in-place"));
+    // The staged file is removed right after the in-place write.
+    let names = || -> Vec<String> {
+        fs::read_dir(dir.path().join("mnt"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    wait::until(T, "no temp file left beside the mount", || names() == vec!["app.json"]);
+}

@@ -456,3 +456,25 @@ fn cache_renders_through_an_outage_at_start() {
     assert!(status.success(), "{err}");
     assert!(read(&s.path("out/app.json")).contains("rotated"));
 }
+
+/// While an output waits for its first data, kvsync says every few seconds exactly what for.
+#[test]
+fn pending_inputs_are_logged_until_data_arrives() {
+    let s = Setup::new();
+    let cfg = format!(
+        "sources:\n  - {{ name: late, type: file, path: {} }}\nhttp: {{ listen: \"\" }}\nretry: {{ initial: 50ms, max: 100ms }}\n\
+         outputs:\n  - {{ name: app, source: late, prefix: app/, format: json, destination: {} }}\n",
+        s.path("later").display(),
+        s.path("out/app.json").display()
+    );
+    fs::write(s.path("c.yaml"), cfg).unwrap();
+    let d = Daemon::start(&["run", "--config", &s.path("c.yaml").display().to_string()]);
+    d.wait_log(
+        "waiting for the first data of: output `app` needs source `late` prefix `app/`",
+        Duration::from_secs(15),
+    );
+    assert!(!s.path("out/app.json").exists(), "no render on incomplete data");
+    fs::create_dir_all(s.path("later/app")).unwrap();
+    fs::write(s.path("later/app/k"), "v").unwrap();
+    wait::until(T, "the first render once the data exists", || s.path("out/app.json").exists());
+}
