@@ -41,10 +41,11 @@ use crate::stats::ErrorKind;
 /// Slack on top of Consul's longest hold (`wait * 17/16`) for the network and a large answer.
 pub(crate) const MARGIN: Duration = Duration::from_secs(2);
 /// The rate limit of a loop: this many requests back to back...
-const BURST: u32 = 10;
-/// ...then one per this long. 100 a second keeps up with a prefix that changes 100 times a second
-/// (each answer covers everything up to it) while a loop that misbehaves cannot go faster.
-const REFILL: Duration = Duration::from_millis(10);
+const BURST: u32 = 20;
+/// ...then one per this long (250 a second). A prefix that changes 100 times a second uses under half
+/// of it, so the limiter adds no latency to real changes, while a loop that misbehaves (a server
+/// answering at once without blocking) cannot go faster.
+const REFILL: Duration = Duration::from_millis(4);
 
 /// What an answer's index means for the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
