@@ -48,6 +48,22 @@ fn put(kv: &Path, key: &str, value: &str) {
     fs::rename(p.with_extension("..tmp"), &p).unwrap();
 }
 
+/// Starts kvsync rendering the `file` source at `kv` (prefix app/) as JSON into `dest`.
+fn start_json_output(dir: &Path, kv: &Path, dest: &Path) -> Daemon {
+    let cfg = dir.join("k.yaml");
+    fs::write(
+        &cfg,
+        format!(
+            "sources:\n  - {{ name: l, type: file, path: {} }}\nhttp: {{ listen: \"\" }}\n\
+             outputs:\n  - {{ name: app, source: l, prefix: app/, format: json, destination: {} }}\n",
+            kv.display(),
+            dest.display()
+        ),
+    )
+    .unwrap();
+    Daemon::start(&["run", "--config", &cfg.display().to_string()])
+}
+
 #[test]
 fn full_and_read_only_file_systems() {
     let dir = tempfile::tempdir().unwrap();
@@ -59,17 +75,7 @@ fn full_and_read_only_file_systems() {
     };
     let dest = disk.path.join("app.json");
     put(&kv, "app/v", "first");
-    let cfg = dir.path().join("k.yaml");
-    fs::write(
-        &cfg,
-        format!(
-            "sources:\n  - {{ name: l, type: file, path: {} }}\nhttp: {{ listen: \"\" }}\noutputs:\n  - {{ name: app, source: l, prefix: app/, format: json, destination: {} }}\n",
-            kv.display(),
-            dest.display()
-        ),
-    )
-    .unwrap();
-    let d = Daemon::start(&["run", "--config", &cfg.display().to_string()]);
+    let d = start_json_output(dir.path(), &kv, &dest);
     wait::until(T, "first render", || fs::read_to_string(&dest).is_ok_and(|t| t.contains("first")));
 
     // Fill the disk, then change the value: the new file cannot be written.
@@ -129,17 +135,7 @@ fn bind_mounted_file_is_rewritten_in_place() {
     }
     let _guard = Unmount(dest.clone());
     put(&kv, "app/v", "in-place");
-    let cfg = dir.path().join("k.yaml");
-    fs::write(
-        &cfg,
-        format!(
-            "sources:\n  - {{ name: l, type: file, path: {} }}\nhttp: {{ listen: \"\" }}\noutputs:\n  - {{ name: app, source: l, prefix: app/, format: json, destination: {} }}\n",
-            kv.display(),
-            dest.display()
-        ),
-    )
-    .unwrap();
-    let d = Daemon::start(&["run", "--config", &cfg.display().to_string()]);
+    let d = start_json_output(dir.path(), &kv, &dest);
     d.wait_log("rename refused (EBUSY", T);
     wait::until(T, "the in-place write", || fs::read_to_string(&dest).is_ok_and(|t| t.contains("in-place")));
     // The mount was not replaced: the file behind it holds the new content too.
