@@ -177,7 +177,7 @@ pub(crate) enum Failure {
 impl Failure {
     /// Sorts a gRPC status from `what` (e.g. "Range of `config/`") into what to do about it.
     pub(crate) fn from_status(what: &str, endpoint: &str, s: &Status) -> Failure {
-        let msg = format!("etcd at {endpoint}: {what}: {} ({:?})", s.message(), s.code());
+        let msg = format!("etcd at {endpoint}: {what}: {}{} ({:?})", s.message(), causes(s), s.code());
         if auth::is_token_refused(s) {
             return Failure::TokenRefused(msg);
         }
@@ -204,6 +204,23 @@ impl Failure {
             Failure::Closed => "the engine has stopped",
         }
     }
+}
+
+/// The causes behind a status, `: `-prefixed: a transport error's message alone ("transport error")
+/// hides the reason, e.g. the TLS alert a server sent when it refused the handshake.
+fn causes(s: &Status) -> String {
+    let mut out = String::new();
+    let mut cur = std::error::Error::source(s);
+    for _ in 0..8 {
+        let Some(c) = cur else { break };
+        let m = c.to_string();
+        if !s.message().contains(&m) && !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        cur = c.source();
+    }
+    out
 }
 
 /// Logs a failure and counts it in the source's stats (messages never carry values or tokens).
