@@ -43,7 +43,11 @@ pub fn build(cfg: &Config, s: &SourceConfig) -> Result<BuiltSource, String> {
                 password_file: password_file.clone(),
                 mode: s.mode,
                 backoff,
-                max_value_bytes,
+                // The etcd source leaves an over-limit value out as if the key were deleted, which
+                // would render the output without that key. The render refuses such a value instead
+                // (limits.max_value_size), keeping the last good output. What can arrive is bounded
+                // by etcd's own request limit and the client's gRPC decode limit.
+                max_value_bytes: usize::MAX,
             })
             .map_err(|e| format!("source `{}`: {e}", s.name))?,
         ),
