@@ -1,0 +1,197 @@
+//! Secrets through the real binary: tokens, passwords and values never reach the logs (at trace
+//! level) or stdout; token and password files are re-read when they change; destination files carry
+//! their configured mode from the first byte written.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kvsync_tests::consul_server::{Access, ConsulServer};
+use kvsync_tests::etcd_server::EtcdServer;
+use kvsync_tests::kvsync::{self, Daemon};
+use kvsync_tests::wait;
+
+const T: Duration = Duration::from_secs(30);
+
+const CONSUL_TOKEN: &str = "ctok-1f2e3d4c-secret";
+const CONSUL_TOKEN_2: &str = "ctok-rotated-99aa-secret";
+const ETCD_PASSWORD: &str = "epw-5b6a7980-secret";
+const ETCD_PASSWORD_2: &str = "epw-rotated-77cc-secret";
+const VALUES: [&str; 4] = ["cval-one-0a1b2c", "cval-two-3d4e5f", "eval-one-6a7b8c", "eval-two-9d0e1f"];
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
+}
+
+fn read(p: &Path) -> String {
+    fs::read_to_string(p).unwrap_or_default()
+}
+
+/// Every secret the test used, and which of them appears in `text`.
+fn leaked(text: &str) -> Vec<&'static str> {
+    [CONSUL_TOKEN, CONSUL_TOKEN_2, ETCD_PASSWORD, ETCD_PASSWORD_2].into_iter().chain(VALUES).filter(|s| text.contains(s)).collect()
+}
+
+#[test]
+fn no_secret_in_any_output_at_trace_level_and_credential_files_rotate() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    let consul = rt.block_on(ConsulServer::start()).unwrap();
+    consul.put("sec/password", VALUES[0]);
+    consul.enable_acl();
+    consul.set_token(CONSUL_TOKEN, &[("sec/", Access::Read)]);
+    let token_file = d.join("consul-token");
+    fs::write(&token_file, format!("{CONSUL_TOKEN}\n")).unwrap();
+
+    let mut etcd = rt.block_on(EtcdServer::start()).unwrap();
+    rt.block_on(etcd.enable_auth("root-pw", "reader", ETCD_PASSWORD, &["sec/"])).unwrap();
+    let ec = rt.block_on(etcd.client()).unwrap();
+    rt.block_on(ec.put("sec/db", VALUES[2])).unwrap();
+    let password_file = d.join("etcd-password");
+    fs::write(&password_file, format!("{ETCD_PASSWORD}\n")).unwrap();
+
+    let (cout, eout) = (d.join("c.json"), d.join("e.json"));
+    let cfg = d.join("k.yaml");
+    fs::write(
+        &cfg,
+        format!(
+            "sources:\n\
+             \x20 - {{ name: c, type: consul, address: {}, wait: 1s, token_file: {} }}\n\
+             \x20 - {{ name: e, type: etcd, endpoints: [{}], username: reader, password_file: {} }}\n\
+             http: {{ listen: \"\" }}\nretry: {{ initial: 50ms, max: 500ms }}\noutputs:\n\
+             \x20 - {{ name: co, source: c, prefix: sec/, format: json, destination: {}, perms: \"0600\" }}\n\
+             \x20 - {{ name: eo, source: e, prefix: sec/, format: json, destination: {}, perms: \"0600\" }}\n",
+            consul.url(),
+            token_file.display(),
+            etcd.endpoint(),
+            password_file.display(),
+            cout.display(),
+            eout.display()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.display().to_string();
+
+    // `once` at trace level: both stdout and stderr are searched.
+    let mut cmd = kvsync::command(&["once", "--config", &cfg, "--timeout", "15s", "--log-level", "trace"]);
+    cmd.env("KVSYNC_LOG", "trace");
+    let out = cmd.output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(read(&cout).contains(VALUES[0]) && read(&eout).contains(VALUES[2]));
+    assert!(stderr.lines().count() > 20, "trace logging is on: {stderr}");
+    assert_eq!(leaked(&stdout), Vec::<&str>::new(), "secrets on stdout:\n{stdout}");
+    assert_eq!(leaked(&stderr), Vec::<&str>::new(), "secrets in the log:\n{stderr}");
+
+    let mut cmd = kvsync::command(&["run", "--config", &cfg, "--log-level", "trace"]);
+    cmd.env("KVSYNC_LOG", "trace");
+    let daemon = Daemon::start_with(cmd);
+    daemon.wait_log("etcd", T);
+
+    // Consul token rotation: a new token is issued, the file rewritten, the old token revoked. The
+    // next change must come through with the token read from the file again.
+    consul.set_token(CONSUL_TOKEN_2, &[("sec/", Access::Read)]);
+    fs::write(&token_file, CONSUL_TOKEN_2).unwrap();
+    consul.set_token(CONSUL_TOKEN, &[]);
+    consul.put("sec/password", VALUES[1]);
+    wait::until(T, "the Consul change read with the rotated token", || read(&cout).contains(VALUES[1]));
+
+    // etcd password rotation: the user is re-created with a new password (which also invalidates the
+    // auth token kvsync holds), then the password file is rewritten.
+    for args in [
+        &["user", "delete", "reader"][..],
+        &["user", "add", &format!("reader:{ETCD_PASSWORD_2}"), "--interactive=false"],
+        &["user", "grant-role", "reader", "user-role"],
+    ] {
+        rt.block_on(etcd.etcdctl(args)).unwrap();
+    }
+    fs::write(&password_file, ETCD_PASSWORD_2).unwrap();
+    let ec = rt.block_on(etcd.client()).unwrap();
+    rt.block_on(ec.put("sec/db", VALUES[3])).unwrap();
+    wait::until(T, "the etcd change read with the rotated password", || read(&eout).contains(VALUES[3]));
+
+    for f in [&cout, &eout] {
+        assert_eq!(fs::metadata(f).unwrap().permissions().mode() & 0o777, 0o600, "{}", f.display());
+    }
+    let log = daemon.log();
+    drop(daemon);
+    assert_eq!(leaked(&log), Vec::<&str>::new(), "secrets in the daemon's log:\n{log}");
+    // etcd is kept until here so that its directory outlives the daemon.
+    rt.block_on(etcd.kill());
+}
+
+/// The temp file a destination is staged in is created with the configured mode: a reader polling
+/// the directory during large writes never sees a staged file that group or others may read.
+#[test]
+fn destination_mode_is_set_from_the_first_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = dir.path().join("kv");
+    let dest_dir = dir.path().join("dest");
+    fs::create_dir_all(&kv).unwrap();
+    fs::create_dir_all(&dest_dir).unwrap();
+    let dest = dest_dir.join("big.json");
+    // A 3 MB value: writing and fsyncing it keeps the staged file around long enough to be seen.
+    let big = |c: char| c.to_string().repeat(3 << 20);
+    fs::write(kv.join("v"), big('a')).unwrap();
+    let cfg = dir.path().join("k.yaml");
+    fs::write(
+        &cfg,
+        format!(
+            "sources:\n  - {{ name: f, type: file, path: {} }}\nhttp: {{ listen: \"\" }}\noutputs:\n\
+             \x20 - {{ name: big, source: f, prefix: \"\", format: json, destination: {}, perms: \"0600\" }}\n",
+            kv.display(),
+            dest.display()
+        ),
+    )
+    .unwrap();
+
+    // The watcher: stats every entry of the destination directory in a tight loop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let staged_seen = Arc::new(AtomicUsize::new(0));
+    // Distinct findings (the same staged file is seen many times while it is written).
+    let too_open: Arc<Mutex<std::collections::BTreeSet<String>>> = Arc::default();
+    let watcher = {
+        let (stop, staged_seen, too_open, dest_dir) =
+            (Arc::clone(&stop), Arc::clone(&staged_seen), Arc::clone(&too_open), dest_dir.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(entries) = fs::read_dir(&dest_dir) else { continue };
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    // A file gone between readdir and stat was renamed into place: not a finding.
+                    let Ok(m) = fs::symlink_metadata(e.path()) else { continue };
+                    let mode = m.permissions().mode() & 0o777;
+                    if name != "big.json" {
+                        staged_seen.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if mode & 0o077 != 0 {
+                        too_open.lock().unwrap().insert(format!("{name}: {mode:o}"));
+                    }
+                }
+            }
+        })
+    };
+
+    let _d = Daemon::start(&["run", "--config", &cfg.display().to_string()]);
+    wait::until(T, "the first render", || fs::metadata(&dest).map(|m| m.len() > 3_000_000).unwrap_or(false));
+    for (i, c) in ['b', 'c', 'd', 'e', 'f', 'g', 'h', 'i'].into_iter().enumerate() {
+        fs::write(kv.join("v"), big(c)).unwrap();
+        let expected_start = format!("{{\n  \"v\": \"{c}");
+        wait::until(T, &format!("change {i}"), || {
+            fs::read(&dest).map(|b| b.starts_with(expected_start.as_bytes())).unwrap_or(false)
+        });
+    }
+    stop.store(true, Ordering::SeqCst);
+    watcher.join().unwrap();
+    let too_open = too_open.lock().unwrap().clone();
+    assert!(too_open.is_empty(), "files readable by group or others in the destination directory: {too_open:?}");
+    assert!(
+        staged_seen.load(Ordering::SeqCst) > 0,
+        "the watcher never saw a staged file, so it proved nothing; make the values larger"
+    );
+}
