@@ -25,8 +25,7 @@ use kvsync_tests::fault_proxy::{FaultProxy, ProxyMode};
 use kvsync_tests::kvsync::Daemon;
 
 /// The keys both writers change: flat ones and a nested group (json nests `g/a0` as `{"g":{"a0":..}}`).
-const KEYS: [&str; 14] =
-    ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9", "g/a0", "g/a1", "g/a2", "g/a3"];
+const KEYS: [&str; 14] = ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9", "g/a0", "g/a1", "g/a2", "g/a3"];
 const PREFIX: &str = "soak/";
 /// How long the outputs may take to converge once the faults stop.
 const SETTLE: Duration = Duration::from_secs(60);
@@ -133,11 +132,8 @@ fn expected_json(m: &Model) -> serde_json::Value {
         let mut parts: Vec<&str> = k.split('/').collect();
         let leaf = parts.pop().unwrap();
         for p in parts {
-            node = node
-                .entry(p)
-                .or_insert_with(|| serde_json::Value::Object(Default::default()))
-                .as_object_mut()
-                .unwrap();
+            node =
+                node.entry(p).or_insert_with(|| serde_json::Value::Object(Default::default())).as_object_mut().unwrap();
         }
         node.insert(leaf.to_string(), serde_json::Value::String(v.clone()));
     }

@@ -32,7 +32,11 @@ fn read(p: &Path) -> String {
 
 /// Every secret the test used, and which of them appears in `text`.
 fn leaked(text: &str) -> Vec<&'static str> {
-    [CONSUL_TOKEN, CONSUL_TOKEN_2, ETCD_PASSWORD, ETCD_PASSWORD_2].into_iter().chain(VALUES).filter(|s| text.contains(s)).collect()
+    [CONSUL_TOKEN, CONSUL_TOKEN_2, ETCD_PASSWORD, ETCD_PASSWORD_2]
+        .into_iter()
+        .chain(VALUES)
+        .filter(|s| text.contains(s))
+        .collect()
 }
 
 #[test]

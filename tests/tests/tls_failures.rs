@@ -90,9 +90,8 @@ impl Pki {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chain = CertificateDer::pem_file_iter(&leaf.cert).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
         let key = PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
-        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
-            .with_safe_default_protocol_versions()
-            .unwrap();
+        let builder =
+            ServerConfig::builder_with_provider(Arc::clone(&provider)).with_safe_default_protocol_versions().unwrap();
         let builder = if client_auth {
             let mut roots = RootCertStore::empty();
             for c in CertificateDer::pem_file_iter(&self.ca_file).unwrap() {
@@ -219,7 +218,8 @@ async fn counting_tls_endpoint(config: Arc<ServerConfig>) -> (u16, Arc<AtomicUsi
 fn etcd_tls_failures_are_reported_and_never_fall_back_to_plain_text() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let etcd = rt.block_on(EtcdServer::start_with(EtcdOptions { client_cert_auth: true, ..Default::default() })).unwrap();
+    let etcd =
+        rt.block_on(EtcdServer::start_with(EtcdOptions { client_cert_auth: true, ..Default::default() })).unwrap();
     rt.block_on(async { etcd.client().await.unwrap().put("tls/k", "secure").await.unwrap() });
     let certs = etcd.certs().unwrap();
     let client = Leaf { cert: certs.client_cert.clone(), key: certs.client_key.clone() };
@@ -237,7 +237,12 @@ fn etcd_tls_failures_are_reported_and_never_fall_back_to_plain_text() {
         config(dir.path(), &src(&etcd.endpoint(), tls_block(&certs.ca, Some(&client), Some("etcd.example"))));
     once_fails(&cfg, &out, "wrong server name", &["NotValidForName", "not valid for name"]);
     let (cfg, out) = config(dir.path(), &src(&etcd.endpoint(), tls_block(&certs.ca, None, None)));
-    once_fails(&cfg, &out, "missing client certificate", &["CertificateRequired", "certificate required", "bad certificate", "BadCertificate"]);
+    once_fails(
+        &cfg,
+        &out,
+        "missing client certificate",
+        &["CertificateRequired", "certificate required", "bad certificate", "BadCertificate"],
+    );
 
     let pki = Pki::new(dir.path(), "exp");
     let expired_leaf = pki.leaf("expired-etcd", true, true);
