@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use kvsync_tests::consul_server::{Access, ConsulServer};
 use kvsync_tests::etcd_server::EtcdServer;
+use kvsync_tests::fault_proxy::FaultProxy;
 use kvsync_tests::kvsync::{self, Daemon};
 use kvsync_tests::wait;
 
@@ -56,6 +57,9 @@ fn no_secret_in_any_output_at_trace_level_and_credential_files_rotate() {
     rt.block_on(etcd.enable_auth("root-pw", "reader", ETCD_PASSWORD, &["sec/"])).unwrap();
     let ec = rt.block_on(etcd.client()).unwrap();
     rt.block_on(ec.put("sec/db", VALUES[2])).unwrap();
+    // kvsync reaches etcd through a proxy, so that the test can break its connection: an open watch
+    // stream outlives a password change, a new connection has to authenticate again.
+    let proxy = rt.block_on(FaultProxy::start(([127, 0, 0, 1], etcd.client_port).into())).unwrap();
     let password_file = d.join("etcd-password");
     fs::write(&password_file, format!("{ETCD_PASSWORD}\n")).unwrap();
 
@@ -72,7 +76,7 @@ fn no_secret_in_any_output_at_trace_level_and_credential_files_rotate() {
              \x20 - {{ name: eo, source: e, prefix: sec/, format: json, destination: {}, perms: \"0600\" }}\n",
             consul.url(),
             token_file.display(),
-            etcd.endpoint(),
+            proxy.url(),
             password_file.display(),
             cout.display(),
             eout.display()
@@ -97,16 +101,21 @@ fn no_secret_in_any_output_at_trace_level_and_credential_files_rotate() {
     let daemon = Daemon::start_with(cmd);
     daemon.wait_log("etcd", T);
 
-    // Consul token rotation: a new token is issued, the file rewritten, the old token revoked. The
-    // next change must come through with the token read from the file again.
+    // Consul token rotation: a new token is issued and the old one revoked; the server drops
+    // its connections, so that the blocking query in flight (authorized with the old token when it
+    // started) ends. The old token is refused; once the file is rewritten, kvsync reads it again and
+    // the next change comes through.
     consul.set_token(CONSUL_TOKEN_2, &[("sec/", Access::Read)]);
+    consul.remove_token(CONSUL_TOKEN);
+    consul.reset_connections();
+    daemon.wait_log("permission denied reading prefix `sec/`", T);
     fs::write(&token_file, CONSUL_TOKEN_2).unwrap();
-    consul.set_token(CONSUL_TOKEN, &[]);
     consul.put("sec/password", VALUES[1]);
     wait::until(T, "the Consul change read with the rotated token", || read(&cout).contains(VALUES[1]));
 
-    // etcd password rotation: the user is re-created with a new password (which also invalidates the
-    // auth token kvsync holds), then the password file is rewritten.
+    // etcd password rotation: the user is re-created with a new password and kvsync's connection is
+    // reset. Authenticating with the old password fails; once the file is rewritten, kvsync reads it
+    // again and the next change comes through.
     for args in [
         &["user", "delete", "reader"][..],
         &["user", "add", &format!("reader:{ETCD_PASSWORD_2}"), "--interactive=false"],
@@ -114,6 +123,8 @@ fn no_secret_in_any_output_at_trace_level_and_credential_files_rotate() {
     ] {
         rt.block_on(etcd.etcdctl(args)).unwrap();
     }
+    proxy.reset_all();
+    daemon.wait_log("the content of `password_file`", T);
     fs::write(&password_file, ETCD_PASSWORD_2).unwrap();
     let ec = rt.block_on(etcd.client()).unwrap();
     rt.block_on(ec.put("sec/db", VALUES[3])).unwrap();

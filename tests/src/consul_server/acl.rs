@@ -58,6 +58,11 @@ impl Acl {
         self.tokens.insert(secret.to_string(), Token { accessor, rules });
     }
 
+    /// Deletes a token: requests carrying it get 403 "ACL not found" from then on.
+    pub fn remove_token(&mut self, secret: &str) {
+        self.tokens.remove(secret);
+    }
+
     /// The authorizer for a request's token (None or empty: anonymous).
     pub fn resolve(&self, secret: Option<&str>) -> Result<Authz, Denied> {
         match secret.filter(|s| !s.is_empty()) {

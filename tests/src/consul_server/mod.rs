@@ -274,6 +274,13 @@ impl ConsulServer {
         }
     }
 
+    /// Deletes a token (a revocation): requests carrying it are refused with 403 "ACL not found".
+    pub fn remove_token(&self, secret: &str) {
+        if let Some(acl) = self.shared.acl.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            acl.remove_token(secret);
+        }
+    }
+
     // ---- faults ----
 
     /// Answers the next `n` requests with `status` (429, 500, 503, ...).
