@@ -31,6 +31,7 @@ fn config(address: String) -> ConsulConfig {
         datacenter: None,
         backoff: Backoff::new(Duration::from_millis(50), Duration::from_millis(400), None),
         max_value_bytes: 1 << 20,
+        max_keys: 1_000_000,
     }
 }
 

@@ -32,6 +32,7 @@ pub fn build(cfg: &Config, s: &SourceConfig) -> Result<BuiltSource, String> {
                 datacenter: datacenter.clone(),
                 backoff,
                 max_value_bytes,
+                max_keys: cfg.limits.max_keys,
             })
             .map_err(|e| format!("source `{}`: {e}", s.name))?,
         ),

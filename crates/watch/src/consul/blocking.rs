@@ -162,7 +162,7 @@ pub(crate) async fn run(ctx: LoopContext) -> Result<(), SourceError> {
         let entries = if response.status == StatusCode::NOT_FOUND {
             Ok(Entries::new())
         } else {
-            listing::decode(&ctx.prefix, body, ctx.settings.max_value_bytes)
+            listing::decode(&ctx.prefix, body, ctx.settings.max_value_bytes, ctx.settings.max_keys)
         };
         match entries {
             Ok(entries) => {
@@ -178,7 +178,7 @@ pub(crate) async fn run(ctx: LoopContext) -> Result<(), SourceError> {
                 delivered = Some(digest);
                 resync = false;
             }
-            Err(error @ ListingError::TooLarge { .. }) => {
+            Err(error @ (ListingError::TooLarge { .. } | ListingError::TooMany { .. })) => {
                 // Keep the last good content and block on the new index: the next change may fix it.
                 let message = format!("consul: prefix `{}`: {error}", ctx.prefix);
                 warn!(source = ctx.sink.name(), "{message}");

@@ -31,6 +31,7 @@
 //!     datacenter: None,
 //!     backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(30), None),
 //!     max_value_bytes: 512 * 1024,
+//!     max_keys: 100_000,
 //! })?;
 //! let (sink, mut updates) = UpdateSink::channel("main", 16);
 //! let cancel = tokio_util::sync::CancellationToken::new();
@@ -86,6 +87,9 @@ pub struct ConsulConfig {
     pub backoff: Backoff,
     /// A value larger than this is an error naming its key; the listing that holds it is not delivered.
     pub max_value_bytes: usize,
+    /// A listing with more keys than this is an error; it is not delivered, and no more than this many
+    /// entries are held while it is decoded (memory stays bounded by the limit, not by the prefix).
+    pub max_keys: usize,
 }
 
 /// A Consul agent or server as a source of keys. Build with [`ConsulSource::new`], then hand it to
@@ -104,6 +108,7 @@ pub(crate) struct Settings {
     pub datacenter: Option<String>,
     pub backoff: Backoff,
     pub max_value_bytes: usize,
+    pub max_keys: usize,
 }
 
 impl ConsulSource {
@@ -142,6 +147,7 @@ impl ConsulSource {
             datacenter: config.datacenter,
             backoff: config.backoff,
             max_value_bytes: config.max_value_bytes,
+            max_keys: config.max_keys,
         };
         Ok(ConsulSource { client: Arc::new(client), settings })
     }

@@ -50,7 +50,7 @@ pub(crate) async fn run(ctx: LoopContext, interval: Duration) -> Result<(), Sour
                     None
                 } else {
                     let entries = if found {
-                        listing::decode(&ctx.prefix, &r.body, ctx.settings.max_value_bytes)
+                        listing::decode(&ctx.prefix, &r.body, ctx.settings.max_value_bytes, ctx.settings.max_keys)
                     } else {
                         Ok(Entries::new())
                     };
@@ -70,7 +70,7 @@ pub(crate) async fn run(ctx: LoopContext, interval: Duration) -> Result<(), Sour
                             version = index;
                             None
                         }
-                        Err(error @ ListingError::TooLarge { .. }) => {
+                        Err(error @ (ListingError::TooLarge { .. } | ListingError::TooMany { .. })) => {
                             // Keep the last good content; the next poll looks again.
                             let message = format!("consul: prefix `{}`: {error}", ctx.prefix);
                             warn!(source = ctx.sink.name(), "{message}");
