@@ -99,7 +99,7 @@ fn no_secret_in_any_output_at_trace_level_and_credential_files_rotate() {
     let mut cmd = kvsync::command(&["run", "--config", &cfg, "--log-level", "trace"]);
     cmd.env("KVSYNC_LOG", "trace");
     let daemon = Daemon::start_with(cmd);
-    daemon.wait_log("etcd", T);
+    daemon.wait_log("starting source", T);
 
     // Consul token rotation: a new token is issued and the old one revoked; the server drops
     // its connections, so that the blocking query in flight (authorized with the old token when it
