@@ -46,7 +46,7 @@ fn readyz_goes_503_to_200_after_the_first_render_and_back_when_the_source_stays_
     wait::file_is(&f.path().join("out/app.json"), "{\n  \"name\": \"demo\"\n}\n", T);
     wait::until(T, "/readyz to answer 200", || readyz(&addr).0 == 200);
     let (_, body) = readyz(&addr);
-    assert_eq!(body, serde_json::json!({ "ready": true, "pending": [], "stale": [] }));
+    assert_eq!(body, serde_json::json!({ "ready": true, "pending": [], "stale": [], "cached": [] }));
 
     // The directory disappears (one rename, so no partial tree is ever read): after max_stale (1s)
     // the daemon is no longer ready, and says which source and why; the last good file stays.

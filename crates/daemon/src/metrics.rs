@@ -153,6 +153,14 @@ impl Collector for SharedCollector {
             src(&|st| st.failing_for().is_some_and(|d| d > self.max_stale) as u64)
         );
 
+        family!(
+            enc,
+            "kvsync_source_serving_cache",
+            "1 while the source's outputs come from the last-known-good cache (its backend has not answered since start).",
+            Gauge,
+            src(&|st| st.serving_cache.load(Ordering::Relaxed) as u64)
+        );
+
         // Outputs.
         let out = |f: &dyn Fn(&crate::output::OutputStats) -> u64| {
             s.outputs.iter().map(move |x| ([("output", x.name.as_str())], f(&x.stats))).collect::<Vec<_>>()

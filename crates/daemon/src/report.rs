@@ -24,6 +24,8 @@ pub struct StatusReport {
     pub ready: bool,
     pub pending: Vec<String>,
     pub stale: Vec<String>,
+    #[serde(default)]
+    pub cached: Vec<String>,
     pub sources: Vec<SourceReport>,
     pub outputs: Vec<OutputReport>,
     /// The supervised child of `kvsync exec`; absent otherwise.
@@ -48,6 +50,9 @@ pub struct SourceReport {
     pub last_error: Option<ErrorReport>,
     /// How long the source has been failing without a success in between.
     pub failing_seconds: Option<u64>,
+    /// Outputs use the last-known-good cache because the backend has not answered since start.
+    #[serde(default)]
+    pub serving_cache: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,6 +117,7 @@ impl StatusReport {
                     last_change: last_change.map(rfc3339),
                     last_error: last_error.map(|(at, message)| ErrorReport { at: rfc3339(at), message }),
                     failing_seconds: st.failing_for().map(|d| d.as_secs()),
+                    serving_cache: st.serving_cache.load(Ordering::Relaxed),
                 }
             })
             .collect();
@@ -160,6 +166,7 @@ impl StatusReport {
             ready: readiness.ready,
             pending: readiness.pending,
             stale: readiness.stale,
+            cached: readiness.cached,
             sources,
             outputs,
             child,

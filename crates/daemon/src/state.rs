@@ -34,6 +34,10 @@ pub struct Readiness {
     pub pending: Vec<String>,
     /// Sources that have been failing for longer than `http.max_stale`.
     pub stale: Vec<String>,
+    /// Sources whose outputs were rendered from the last-known-good cache because the backend has
+    /// not answered since start. Informational: a backend that stays away also shows up in `stale`
+    /// once `http.max_stale` has passed.
+    pub cached: Vec<String>,
 }
 
 /// The state of one run of the render loop (a config reload starts a new one); the counters that
@@ -184,7 +188,13 @@ impl Shared {
             }
         }
         let stale = self.stale_sources(max_stale);
-        Readiness { ready: self.is_ready() && stale.is_empty(), pending, stale }
+        let cached = self
+            .sources
+            .iter()
+            .filter(|s| s.stats.serving_cache.load(Ordering::Relaxed))
+            .map(|s| format!("source `{}` is served from the cache until its backend answers", s.name))
+            .collect();
+        Readiness { ready: self.is_ready() && stale.is_empty(), pending, stale, cached }
     }
 
     /// "source `main` has been failing for 12s (over http.max_stale 10s): cannot read ..." for every
@@ -232,7 +242,14 @@ mod tests {
         assert_eq!(s.readiness(Duration::from_secs(60)).pending, vec!["output `app` has not rendered yet"]);
         s.outputs[0].stats.last_success.store(1, Ordering::Relaxed);
         s.set_ready();
-        assert_eq!(s.readiness(Duration::from_secs(60)), Readiness { ready: true, pending: vec![], stale: vec![] });
+        assert_eq!(
+            s.readiness(Duration::from_secs(60)),
+            Readiness { ready: true, pending: vec![], stale: vec![], cached: vec![] }
+        );
+        s.sources[0].stats.serving_cache.store(true, Ordering::Relaxed);
+        let r = s.readiness(Duration::from_secs(60));
+        assert!(r.ready);
+        assert_eq!(r.cached, vec!["source `main` is served from the cache until its backend answers"]);
     }
 
     #[test]

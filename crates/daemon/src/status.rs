@@ -111,11 +111,14 @@ pub fn table(r: &StatusReport, addr: &str) -> String {
         .sources
         .iter()
         .map(|s| {
-            let connected = match (s.connected, s.failing_seconds) {
+            let mut connected = match (s.connected, s.failing_seconds) {
                 (true, _) => "yes".to_string(),
                 (false, Some(f)) => format!("no, {}", human(Duration::from_secs(f))),
                 (false, None) => "no".to_string(),
             };
+            if s.serving_cache {
+                connected.push_str(" (cache)");
+            }
             let error = match &s.last_error {
                 Some(e) => format!("{}: {}", ago(&Some(e.at.clone())), e.message),
                 None => "-".to_string(),
@@ -174,6 +177,12 @@ pub fn table(r: &StatusReport, addr: &str) -> String {
             out.push_str(&format!("  - {p}\n"));
         }
     }
+    if !r.cached.is_empty() {
+        out.push_str("\nserved from the last-known-good cache:\n");
+        for c in &r.cached {
+            out.push_str(&format!("  - {c}\n"));
+        }
+    }
     out
 }
 
@@ -219,6 +228,7 @@ mod tests {
             ready: false,
             pending: vec![],
             stale: vec!["source `main` has been failing for 2m0s (over http.max_stale 1m): cannot read /kv".into()],
+            cached: vec![],
             sources: vec![SourceReport {
                 name: "main".into(),
                 kind: "file".into(),
@@ -230,6 +240,7 @@ mod tests {
                 last_change: Some("2026-11-25T18:29:48Z".into()),
                 last_error: Some(ErrorReport { at: "2026-11-25T18:29:58Z".into(), message: "cannot read /kv".into() }),
                 failing_seconds: Some(120),
+                serving_cache: false,
             }],
             outputs: vec![
                 OutputReport {
