@@ -35,7 +35,8 @@ pub fn run(addr: &str, json: bool) -> ExitCode {
             return ExitCode::from(EXIT_UNREACHABLE);
         }
     };
-    let body = match rt.block_on(tokio::time::timeout(TIMEOUT, fetch(addr, "/status"))) {
+    // The timer is created inside the runtime: tokio's timers need its context.
+    let body = match rt.block_on(async { tokio::time::timeout(TIMEOUT, fetch(addr, "/status")).await }) {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
             eprintln!("kvsync status: {e}");
