@@ -107,10 +107,10 @@ impl Scrape {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
                 return Err(at("bad metric name"));
             }
-            if let Some(labels) = series.strip_prefix(name) {
-                if !labels.is_empty() && !(labels.starts_with('{') && labels.ends_with('}')) {
-                    return Err(at("bad label set"));
-                }
+            let labels = &series[name.len()..];
+            let well_formed = labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}'));
+            if !well_formed {
+                return Err(at("bad label set"));
             }
             let family = ["_bucket", "_sum", "_count"]
                 .iter()
@@ -129,5 +129,40 @@ impl Scrape {
     /// The value of one series, e.g. `kvsync_output_writes_total{output="app"}`.
     pub fn get(&self, series: &str) -> Option<f64> {
         self.samples.get(series).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrape_parser_accepts_the_format_and_rejects_what_is_not() {
+        let ok = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1\"} 3\n\
+                  # TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_sum 0.5\nh_count 1\n";
+        let s = Scrape::parse(ok).unwrap();
+        assert_eq!(s.get("a_total{x=\"1\"}"), Some(3.0));
+        assert_eq!(s.get("h_count"), Some(1.0));
+        for bad in [
+            "a 1\n",                         // no TYPE
+            "# TYPE a gauge\na one\n",       // not a number
+            "# TYPE a gauge\na{x=\"1\" 1\n", // unclosed labels
+            "# TYPE a meter\na 1\n",         // unknown type
+            "# comment\n",                   // neither HELP nor TYPE
+            "# TYPE a gauge\nb-c 1\n",       // bad name
+        ] {
+            assert!(Scrape::parse(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn endpoint_address_from_text_and_json_logs() {
+        let text =
+            "INFO kvsync::endpoint: http endpoint listening on http://127.0.0.1:4567 (/healthz) addr=127.0.0.1:4567";
+        assert_eq!(endpoint_in_log(text).as_deref(), Some("127.0.0.1:4567"));
+        let json =
+            r#"{"message":"http endpoint listening on http://127.0.0.1:4567 (/healthz)","addr":"127.0.0.1:4567"}"#;
+        assert_eq!(endpoint_in_log(json).as_deref(), Some("127.0.0.1:4567"));
+        assert_eq!(endpoint_in_log("nothing yet"), None);
     }
 }

@@ -231,3 +231,65 @@ fn a_taken_listen_address_is_an_error_naming_it() {
     assert!(err.contains(&format!("http.listen: cannot listen on {addr}: ")), "{err}");
     assert!(err.contains("set http.listen to \"\" to disable"), "{err}");
 }
+
+/// A Consul test server on its own runtime, so the test body can block.
+struct Consul {
+    server: kvsync_tests::consul_server::ConsulServer,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Consul {
+    fn start() -> Consul {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let server = rt.block_on(kvsync_tests::consul_server::ConsulServer::start()).unwrap();
+        Consul { server, _rt: rt }
+    }
+}
+
+#[test]
+fn no_token_or_value_reaches_an_endpoint_or_the_log_when_consul_refuses() {
+    use kvsync_tests::consul_server::Access;
+    const TOKEN: &str = "0b7c1e7a-good-token-5ecret";
+    const WRONG: &str = "9d2f44aa-wrong-token-5ecret";
+    const VALUE: &str = "consul-v4lue-that-stays-inside";
+    let c = Consul::start();
+    c.server.put("config/app/password", VALUE);
+    c.server.enable_acl();
+    c.server.set_token(TOKEN, &[("config/", Access::Read)]);
+    let f = Fixture::new();
+    f.write_file("consul-token", TOKEN);
+    let cfg = f.config(&format!(
+        "sources:\n  - {{ name: c, type: consul, address: {}, wait: 1s, token_file: ./consul-token }}\n\
+         outputs:\n  - {{ name: app, source: c, prefix: config/app/, format: json, destination: ./out/app.json }}\n\
+         retry: {{ initial: 50ms, max: 200ms }}\n\
+         http: {{ listen: \"127.0.0.1:0\", max_stale: 1s }}\n",
+        c.server.url()
+    ));
+    let cfg = cfg.to_str().unwrap();
+    let d = Daemon::start(&["run", "--config", cfg, "--log-level", "trace", "--log-format", "json"]);
+    let addr = d.http_addr(T);
+    wait::until(T, "the first render", || {
+        std::fs::read_to_string(f.path().join("out/app.json")).map(|s| s.contains(VALUE)).unwrap_or(false)
+    });
+    // The token goes bad: every request is refused with 403 until the source is stale.
+    f.write_file("consul-token", WRONG);
+    c.server.put("config/app/password", "changed");
+    let body = wait::for_some(T, "/readyz to report the refused source", || {
+        let (code, body) = readyz(&addr);
+        (code == 503).then_some(body)
+    });
+    assert!(body["stale"][0].as_str().unwrap().starts_with("source `c` has been failing for "), "{body}");
+    let status = get(&addr, "/status").unwrap().body;
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert!(v["sources"][0]["last_error"]["message"].as_str().unwrap().contains("403"), "{status}");
+    let metrics = get(&addr, "/metrics").unwrap().body;
+    assert!(
+        Scrape::parse(&metrics).unwrap().get("kvsync_source_errors_total{source=\"c\",kind=\"status\"}") >= Some(1.0)
+    );
+    for (what, text) in [("/status", status), ("/metrics", metrics), ("/readyz", body.to_string()), ("log", d.log())] {
+        for secret in [TOKEN, WRONG, VALUE] {
+            assert!(!text.contains(secret), "{what} reveals {secret:?}:\n{text}");
+        }
+    }
+    assert!(d.stop().success());
+}
