@@ -158,3 +158,46 @@ fn without_notify_socket_nothing_is_sent_and_all_works() {
     wait::file_is(&f.path().join("out/app.json"), "{\n  \"name\": \"demo\"\n}\n", T);
     assert!(d.stop().success());
 }
+
+#[test]
+fn a_reload_is_bracketed_by_reloading_and_ready() {
+    let f = Fixture::new();
+    f.put("app/name", "demo");
+    f.put("flags/dark", "on");
+    let sock_path = f.path().join("notify.sock");
+    let rx = listen(UnixDatagram::bind(&sock_path).unwrap(), f.path().join("out/app.json"));
+    let mut cmd = command(&["run", "--config", &config(&f)]);
+    cmd.current_dir(f.path()).env("NOTIFY_SOCKET", sock_path.to_str().unwrap());
+    let mut d = Daemon::start_with(cmd);
+    let mut got = Vec::new();
+    collect_until(&rx, &mut got, T, "READY=1", |g| g.iter().any(|m| m.0.starts_with("READY=1")));
+
+    // SIGHUP with the same config: RELOADING=1 (with the monotonic clock), then READY=1.
+    let n = got.len();
+    d.signal(1);
+    collect_until(&rx, &mut got, T, "READY=1 after SIGHUP", |g| g[n..].iter().any(|m| m.0.starts_with("READY=1")));
+    let reload: Vec<&str> = got[n..].iter().map(|m| m.0.as_str()).collect();
+    assert!(reload[0].starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reload:?}");
+    assert_eq!(reload.last().unwrap(), &"READY=1\nSTATUS=reloaded: the config is unchanged");
+
+    // A config that reads another prefix: the render loop restarts; READY=1 once it has rendered.
+    let n = got.len();
+    std::fs::write(
+        f.path().join("kvsync.yaml"),
+        "sources:\n  - { name: main, type: file, path: ./kv }\n\
+         outputs:\n  - { name: app, source: main, prefix: app/, format: json, destination: ./out/app.json }\n\
+         \x20 - { name: flags, source: main, prefix: flags/, format: json, destination: ./out/flags.json }\n\
+         retry: { initial: 50ms, max: 200ms }\n\
+         http: { listen: \"\" }\n",
+    )
+    .unwrap();
+    d.signal(1);
+    collect_until(&rx, &mut got, T, "READY=1 after the new config", |g| {
+        g[n..].iter().any(|m| m.0 == "READY=1\nSTATUS=2 outputs rendered")
+    });
+    let reload: Vec<&str> = got[n..].iter().map(|m| m.0.as_str()).collect();
+    assert!(reload[0].starts_with("RELOADING=1\n"), "{reload:?}");
+    assert!(f.path().join("out/flags.json").exists(), "READY=1 came before the new output was written");
+    d.signal(15);
+    assert!(d.wait(T).success());
+}

@@ -328,7 +328,6 @@ pub async fn run(
             code = join_child(session.exec.as_mut()) => break Ok(Stopped::ChildExited(code)),
             // A new, valid configuration (SIGHUP or an edited file).
             Some(new) = next_reload(session.reloads.as_mut()) => {
-                crate::systemd::reloading();
                 if !same_watches(&cfg, &new) {
                     // Sources or what outputs read changed: the caller starts a new loop.
                     break Ok(Stopped::Reload(Box::new(new)));
