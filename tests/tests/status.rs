@@ -120,3 +120,44 @@ fn something_else_on_the_port_exits_2() {
     assert!(err.contains(&format!("http://{addr}/status answered 404 Not Found; is this a kvsync endpoint?")), "{err}");
     server.join().unwrap();
 }
+
+#[test]
+fn exec_child_and_actions_are_reported() {
+    let f = Fixture::new();
+    f.put("a/x", "1");
+    let cfg = f.config(
+        "sources:\n  - { name: kv, type: file, path: \"{kv}\" }\n\
+         outputs:\n  - name: a\n    source: kv\n    prefix: a/\n    format: json\n    destination: \"{out}/a.json\"\n\
+         \x20   on_change:\n      - { restart: child }\n\
+         http: { listen: \"127.0.0.1:0\" }\n\
+         exec:\n  kill_timeout: 2s\n  min_restart_interval: 100ms\n",
+    );
+    let (script, rec) = (f.child_script().display().to_string(), f.rec().display().to_string());
+    let d = Daemon::start(&["exec", "--config", cfg.to_str().unwrap(), "--", &script, &rec]);
+    let addr = d.http_addr(T);
+    wait::until(T, "the child to start", || f.starts().len() == 1);
+    let first = f.starts()[0];
+    let child = |what: &str| {
+        let (_, out, _) = run(&["status", "--http", &addr, "--json"], T);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{what}: {e}: {out}"));
+        v["child"].clone()
+    };
+    wait::until(T, "the child's pid in /status", || child("first")["pid"] == first);
+    assert_eq!(child("first")["restarts"], 0);
+
+    // A change restarts the child through the restart action: counted, and the new pid shows.
+    f.put("a/x", "2");
+    wait::until(T, "the child to start again", || f.starts().len() == 2);
+    let second = f.starts()[1];
+    wait::until(T, "the new pid in /status", || child("second")["pid"] == second);
+    let c = child("second");
+    assert!(c["uptime_seconds"].is_u64(), "{c}");
+    let (status, table, _) = run(&["status", "--http", &addr], T);
+    assert_eq!(status.code(), Some(0), "{table}");
+    assert!(table.contains(&format!("\nCHILD  pid {second}, up ")), "{table}");
+    let metrics = kvsync_tests::http::get(&addr, "/metrics").unwrap().body;
+    let s = kvsync_tests::http::Scrape::parse(&metrics).unwrap();
+    assert_eq!(s.get("kvsync_actions_total{kind=\"restart\",result=\"ok\"}"), Some(1.0), "{metrics}");
+    assert_eq!(s.get("kvsync_child_up"), Some(1.0));
+    assert!(d.stop().success());
+}
