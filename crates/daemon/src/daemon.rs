@@ -525,8 +525,9 @@ fn render_pass(
                     info!(output = %o.name, "rendered; content unchanged, not rewritten");
                 }
                 Err(e) => {
-                    error!(output = %o.name, destination = %o.destination.display(), error = %e, "render failed; the previous content stays");
                     let msg = format!("output `{}`: {e}; the previous {} stays", o.name, o.destination.display());
+                    // The sentence for people, the fields for log queries.
+                    error!(output = %o.name, destination = %o.destination.display(), error = %e, "{msg}");
                     if first_error.is_ok() {
                         first_error = Err(msg);
                     }
