@@ -114,6 +114,14 @@ impl Daemon {
         }
     }
 
+    /// The address of the HTTP endpoint, from the "listening on" log line (for `http.listen:
+    /// 127.0.0.1:0`, where the kernel picks the port).
+    #[track_caller]
+    pub fn http_addr(&self, timeout: Duration) -> String {
+        self.wait_log("listening on http://", timeout);
+        crate::http::endpoint_in_log(&self.log()).expect("an address after `listening on http://`")
+    }
+
     /// Whether the process has exited (it is a zombie or gone), without reaping it.
     pub fn has_exited(&self) -> bool {
         let Some(c) = self.child.as_ref() else { return true };

@@ -14,23 +14,51 @@ pub fn argv(check: &CheckConfig, staged: &Path) -> Vec<String> {
     check.argv.iter().map(|a| a.replace("{{ staged }}", &p).replace("{{staged}}", &p)).collect()
 }
 
+/// Why a check refused a staged file: what happened, and the end of what the command printed.
+///
+/// The two are kept apart because the output may quote the staged file (a config parser printing the
+/// offending line): it belongs in the log, where the operator looks, but not in /status.
+#[derive(Debug)]
+pub struct CheckError {
+    /// "check command `nginx -t -c /etc/x.staged` failed with exit status 1"
+    pub summary: String,
+    /// The last 400 characters of its stdout and stderr; empty when it printed nothing.
+    pub output: String,
+}
+
+impl std::fmt::Display for CheckError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.output.is_empty() {
+            f.write_str(&self.summary)
+        } else {
+            write!(f, "{}: {}", self.summary, self.output)
+        }
+    }
+}
+
+impl CheckError {
+    fn new(summary: String) -> Self {
+        CheckError { summary, output: String::new() }
+    }
+}
+
 /// Runs the check; Ok when it exits 0 within its timeout. The error quotes the command and the end
 /// of its output. A check that hangs is killed (with its process group) at the timeout.
-pub fn run(check: &CheckConfig, staged: &Path) -> Result<(), String> {
+pub fn run(check: &CheckConfig, staged: &Path) -> Result<(), CheckError> {
     let argv = argv(check, staged);
     let shown = argv.join(" ");
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     // Tracked, so that the orphan reaper (PID 1 duty) leaves its exit status to us.
     let mut child = crate::process::spawn_tracked(|| cmd.spawn(), |c| Some(c.id()))
-        .map_err(|e| format!("check command `{shown}` could not start: {e}"))?;
+        .map_err(|e| CheckError::new(format!("check command `{shown}` could not start: {e}")))?;
     let pid = child.id();
     let result = wait_check(&mut child, check, &shown);
     crate::process::untrack(pid);
     result
 }
 
-fn wait_check(child: &mut std::process::Child, check: &CheckConfig, shown: &str) -> Result<(), String> {
+fn wait_check(child: &mut std::process::Child, check: &CheckConfig, shown: &str) -> Result<(), CheckError> {
     // Collect output on threads so a chatty check cannot block on a full pipe.
     let mut out = child.stdout.take();
     let mut err = child.stderr.take();
@@ -57,13 +85,13 @@ fn wait_check(child: &mut std::process::Child, check: &CheckConfig, shown: &str)
                 let _ = crate::process::signal_group(child.id(), crate::process::SIGKILL);
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
+                return Err(CheckError::new(format!(
                     "check command `{shown}` did not finish within {}; it was killed",
                     crate::config::units::format_duration(check.timeout)
-                ));
+                )));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(2)),
-            Err(e) => return Err(format!("check command `{shown}`: {e}")),
+            Err(e) => return Err(CheckError::new(format!("check command `{shown}`: {e}"))),
         }
     };
     let output = format!("{}{}", t_out.join().unwrap_or_default(), t_err.join().unwrap_or_default());
@@ -79,11 +107,7 @@ fn wait_check(child: &mut std::process::Child, check: &CheckConfig, shown: &str)
         Some(c) => format!("exit status {c}"),
         None => "a signal".to_string(),
     };
-    Err(if tail.is_empty() {
-        format!("check command `{shown}` failed with {how}")
-    } else {
-        format!("check command `{shown}` failed with {how}: {tail}")
-    })
+    Err(CheckError { summary: format!("check command `{shown}` failed with {how}"), output: tail })
 }
 
 #[cfg(test)]
@@ -100,20 +124,23 @@ mod tests {
         assert_eq!(argv(&cfg(&["t", "-c", "{{ staged }}"], 1), p), vec!["t", "-c", "/tmp/x.staged"]);
         run(&cfg(&["sh", "-c", "test \"$1\" = /tmp/x.staged", "sh", "{{ staged }}"], 5000), p).unwrap();
         let err = run(&cfg(&["sh", "-c", "echo bad directive >&2; exit 3"], 5000), p).unwrap_err();
-        assert!(err.contains("exit status 3") && err.contains("bad directive"), "{err}");
+        assert_eq!(err.summary, "check command `sh -c echo bad directive >&2; exit 3` failed with exit status 3");
+        assert_eq!(err.output, "bad directive");
+        let shown = err.to_string();
+        assert!(shown.contains("exit status 3") && shown.contains("bad directive"), "{shown}");
     }
 
     #[test]
     fn hanging_check_is_killed() {
         let start = Instant::now();
-        let err = run(&cfg(&["sleep", "30"], 200), Path::new("/x")).unwrap_err();
+        let err = run(&cfg(&["sleep", "30"], 200), Path::new("/x")).unwrap_err().to_string();
         assert!(err.contains("did not finish within 200ms"), "{err}");
         assert!(start.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
     fn missing_program_is_reported() {
-        let err = run(&cfg(&["/nonexistent/checker"], 1000), Path::new("/x")).unwrap_err();
+        let err = run(&cfg(&["/nonexistent/checker"], 1000), Path::new("/x")).unwrap_err().to_string();
         assert!(err.contains("could not start"), "{err}");
     }
 }

@@ -196,7 +196,7 @@ fn generation_name() -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs();
     let (days, rem) = (secs / 86400, secs % 86400);
-    let (y, m, d) = civil_from_days(days as i64);
+    let (y, m, d) = crate::timefmt::civil_from_days(days as i64);
     format!(
         "..{y:04}_{m:02}_{d:02}_{:02}_{:02}_{:02}.{:09}{:04x}",
         rem / 3600,
@@ -205,20 +205,6 @@ fn generation_name() -> String {
         now.subsec_nanos(),
         fastrand::u16(..)
     )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z.rem_euclid(146097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// The generation `..data` currently points at, if any.
@@ -443,7 +429,7 @@ mod tests {
 
     #[test]
     fn dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20417), (2025, 11, 25));
+        assert_eq!(crate::timefmt::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(crate::timefmt::civil_from_days(20417), (2025, 11, 25));
     }
 }

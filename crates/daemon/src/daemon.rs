@@ -48,6 +48,8 @@ pub struct Session {
     pub reloads: Option<mpsc::Receiver<Config>>,
     /// The running sources, kept across reloads when unchanged.
     pub watches: Watches,
+    /// What the HTTP endpoint reports from: each run publishes its `Shared` here.
+    pub current: Arc<crate::state::Current>,
 }
 
 /// The supervised child of `kvsync exec`, started once, kept across reloads.
@@ -191,6 +193,8 @@ pub async fn run(
     };
     let shared = Arc::new(shared);
     shared.set_pending(pending_inputs(&cfg, &slots));
+    // The HTTP endpoint reports on this run from now on.
+    session.current.publish(Arc::clone(&shared));
     // One wake-up channel for the change bells of every source; a source whose engine ends reports
     // its name through `engines`.
     let (ring_tx, mut ring) = mpsc::channel::<()>(1);
@@ -214,6 +218,10 @@ pub async fn run(
     let mut pending_log = tokio::time::interval_at(tokio::time::Instant::now() + PENDING_LOG_EVERY, PENDING_LOG_EVERY);
     let mut all_rendered_logged = false;
     let result = loop {
+        if !all_rendered_logged {
+            // Keep what /readyz reports as pending current until every output has rendered.
+            shared.set_pending(pending_inputs(&cfg, &slots));
+        }
         // Note new views.
         let now = Instant::now();
         for slot in &mut slots {
@@ -269,6 +277,8 @@ pub async fn run(
             all_rendered_logged = true;
             shared.set_ready();
             info!(elapsed_ms = started.elapsed().as_millis() as u64, "every output has rendered");
+            // First start, or the end of a reload that started a new loop.
+            crate::systemd::ready(&format!("{} outputs rendered", slots.len()));
             if matches!(mode, RunMode::Once { .. }) {
                 break Ok(Stopped::Done);
             }
@@ -331,6 +341,7 @@ pub async fn run(
                 for slot in &mut slots {
                     slot.dirty = Some(Dirty { first: now, last: now });
                 }
+                crate::systemd::ready("configuration reloaded");
             }
             // A subscription received a new view.
             Some(()) = ring.recv() => {}
@@ -347,6 +358,7 @@ pub async fn run(
                 shared.set_pending(pending.clone());
                 if !pending.is_empty() {
                     warn!("waiting for the first data of: {}", pending.join("; "));
+                    crate::systemd::status(&format!("waiting for the first data of: {}", pending.join("; ")));
                 }
             }
             // `once --timeout` ran out.
@@ -500,7 +512,7 @@ fn render_pass(
                     }
                 }
                 Ok(Outcome::Written) => {
-                    let latency = views.iter().map(|v| v.received.elapsed()).max().unwrap_or_default();
+                    let latency = slot.runtime.last_latency.unwrap_or_default();
                     info!(output = %o.name, destination = %o.destination.display(), latency_us = latency.as_micros() as u64, "rendered and written");
                     report.written.push(i);
                     if first {
@@ -514,7 +526,8 @@ fn render_pass(
                 }
                 Err(e) => {
                     let msg = format!("output `{}`: {e}; the previous {} stays", o.name, o.destination.display());
-                    error!("{msg}");
+                    // The sentence for people, the fields for log queries.
+                    error!(output = %o.name, destination = %o.destination.display(), error = %e, "{msg}");
                     if first_error.is_ok() {
                         first_error = Err(msg);
                     }

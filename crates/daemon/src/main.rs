@@ -7,16 +7,22 @@ mod child;
 mod commit;
 mod config;
 mod daemon;
+mod endpoint;
 mod format;
 mod http_action;
+mod metrics;
 mod output;
 mod process;
 #[cfg(test)]
 mod proptests;
 mod reload;
+mod report;
 mod sources;
 mod state;
+mod status;
+mod systemd;
 mod template;
+mod timefmt;
 mod watches;
 
 use std::path::PathBuf;
@@ -72,6 +78,15 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Ask a running daemon how it is doing. Exit status: 0 ready, 1 not ready, 2 unreachable.
+    Status {
+        /// The daemon's http.listen address.
+        #[arg(long, value_name = "ADDR", default_value = status::DEFAULT_ADDR)]
+        http: String,
+        /// Print the /status JSON as it came instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -80,6 +95,10 @@ fn parse_duration_arg(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run { .. } | Command::Exec { .. }) {
+        // Before any thread starts: it reads and clears NOTIFY_SOCKET and WATCHDOG_*.
+        systemd::init();
+    }
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -122,6 +141,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status { http, json } => Ok(status::run(http, *json)),
         Command::Run { config } | Command::Once { config, .. } | Command::Exec { config, .. } => {
             let cfg = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
             init_logging(Some(&cfg), &cli);
@@ -187,6 +207,16 @@ async fn serve(cfg: Config, path: PathBuf, mode: RunMode, exec_argv: Option<Vec<
             helpers.spawn(async move { reload::watch(p, &initial, tx, s).await });
         }
     }
+    // --- operations: the HTTP endpoint and systemd's watchdog, for the life of the process (they
+    // outlive reloads; http.* changes take effect at the next start). Not for `once`, a one-shot job.
+    let ops_stop = CancellationToken::new();
+    let mut ops = Vec::new();
+    if !matches!(mode, RunMode::Once { .. }) {
+        let current = Arc::clone(&session.current);
+        ops.extend(endpoint::start(&cfg.http, current, ops_stop.clone()).await.map_err(|e| anyhow::anyhow!(e))?);
+        ops.extend(systemd::spawn_watchdog(ops_stop.clone()));
+    }
+    // --- end operations ---
     let mut cfg = Arc::new(cfg);
     // The config that ran before a reload, to go back to if the new one cannot be set up.
     let mut previous: Option<Arc<Config>> = None;
@@ -207,6 +237,11 @@ async fn serve(cfg: Config, path: PathBuf, mode: RunMode, exec_argv: Option<Vec<
             Err(e) => break Err(e),
         }
     };
+    systemd::stopping();
+    ops_stop.cancel();
+    for task in ops {
+        let _ = task.await;
+    }
     // The render loop has stopped (no commit is in flight): now stop the child, bounded by its
     // kill_timeout (the supervisor SIGKILLs at the end of it) plus a margin.
     let mut code = match &outcome {

@@ -61,26 +61,34 @@ pub async fn watch(path: PathBuf, initial: &Config, tx: mpsc::Sender<Config>, ca
             continue;
         }
         last_seen = fp;
+        // systemd: RELOADING=1 now; READY=1 when the daemon runs the new config, or below when the
+        // old one stays.
+        crate::systemd::reloading();
         // Reading and compiling templates touches the disk: keep it off the async threads.
         let p = path.clone();
         let loaded = match tokio::task::spawn_blocking(move || Config::load(&p)).await {
             Ok(r) => r,
             Err(e) => {
                 error!("reload after {why}: the config loader failed: {e}");
+                crate::systemd::ready("reload failed; running on the previous config");
                 continue;
             }
         };
         match loaded {
-            Err(e) => error!(
-                "reload after {why}: {} is not valid; still running on the previous config:\n{e}",
-                path.display()
-            ),
+            Err(e) => {
+                error!(
+                    "reload after {why}: {} is not valid; still running on the previous config:\n{e}",
+                    path.display()
+                );
+                crate::systemd::ready("reload refused: the new config is not valid; running on the previous one");
+            }
             Ok(cfg) => {
                 let new_files = watched_files(&path, &cfg);
                 let fp = fingerprint(&new_files);
                 last_seen = fp;
                 if fp == current {
                     info!("reload after {why}: the config and its templates are unchanged");
+                    crate::systemd::ready("reloaded: the config is unchanged");
                     continue;
                 }
                 current = fp;

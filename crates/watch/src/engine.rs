@@ -351,7 +351,7 @@ impl Store {
             self.stats.serving_cache.store(false, std::sync::atomic::Ordering::Relaxed);
             info!(source = %source, prefix = %update.prefix, "the backend answered; the live snapshot replaces the cached one");
         }
-        debug!(source = %source, prefix = %update.prefix, version = update.version, changed = diff.len(), "snapshot changed");
+        info!(source = %source, prefix = %update.prefix, version = update.version, changed = diff.len(), "change received");
         let everything = first || was_stale;
         self.publish(&source, received, if everything { None } else { Some(&diff) });
         !diff.is_empty() || first

@@ -115,6 +115,9 @@ impl FileSource {
                 Ok(Ok(entries)) => {
                     self.backoff.reset();
                     version += 1;
+                    // A good read is a success even when nothing changed: it ends a run of failures
+                    // (a directory that came back with the same content).
+                    sink.stats().ok(version);
                     for p in &prefixes {
                         let sub: Entries = entries
                             .range(p.clone()..)
@@ -173,7 +176,7 @@ impl FileSource {
     }
 
     fn fail(&self, sink: &UpdateSink, message: String) {
-        warn!(source = sink.name(), "{message}");
+        warn!(source = sink.name(), path = %self.root.display(), error = %message, "read failed; will retry");
         sink.stats().error(ErrorKind::Other, message);
     }
 

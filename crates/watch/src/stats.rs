@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 /// What a source has done so far. Sources update it; the daemon reads it. Never holds a value or a token.
 #[derive(Debug, Default)]
@@ -27,6 +27,9 @@ pub struct SourceStats {
     pub last_change: Mutex<Option<SystemTime>>,
     /// Outputs are being served from the last-known-good cache because the backend has not answered.
     pub serving_cache: AtomicBool,
+    /// When the current run of failures began: set by the first error after a success, cleared by the
+    /// next success. /readyz compares it with `http.max_stale`; None while the source is healthy.
+    pub failing_since: Mutex<Option<Instant>>,
 }
 
 /// The kind of a failed request, for the errors-by-kind counters.
@@ -45,6 +48,7 @@ impl SourceStats {
     pub fn ok(&self, version: u64) {
         self.connected.store(true, Ordering::Relaxed);
         self.last_version.store(version, Ordering::Relaxed);
+        *self.failing_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     pub fn error(&self, kind: ErrorKind, message: impl Into<String>) {
@@ -55,6 +59,7 @@ impl SourceStats {
             ErrorKind::Other => &self.errors_other,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.failing_since.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Instant::now);
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((SystemTime::now(), message.into()));
     }
 
@@ -71,5 +76,33 @@ impl SourceStats {
 
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    /// How long the source has been failing without a success in between; None while it is healthy.
+    pub fn failing_for(&self) -> Option<std::time::Duration> {
+        self.failing_since.lock().unwrap_or_else(|e| e.into_inner()).map(|t| t.elapsed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_since_spans_a_run_of_errors_and_clears_on_success() {
+        let s = SourceStats::default();
+        assert!(s.failing_for().is_none());
+        s.error(ErrorKind::Connect, "refused");
+        let first = s.failing_since.lock().unwrap().expect("set by the first error");
+        s.error(ErrorKind::Status, "503");
+        // A second error does not restart the clock.
+        assert_eq!(*s.failing_since.lock().unwrap(), Some(first));
+        assert_eq!(s.errors_connect.load(Ordering::Relaxed), 1);
+        assert_eq!(s.errors_status.load(Ordering::Relaxed), 1);
+        assert!(!s.is_connected());
+        s.ok(7);
+        assert!(s.failing_for().is_none());
+        assert!(s.is_connected());
+        assert_eq!(s.last_version.load(Ordering::Relaxed), 7);
     }
 }

@@ -180,3 +180,27 @@ fn bad_exec_settings_are_named() {
     let err = parse(&format!("{SRC}exec:\n  command: []\n")).unwrap_err();
     assert!(err.contains("exec: command is empty"), "{err}");
 }
+
+/// The example shows the `http` options with their real defaults.
+#[test]
+fn example_http_section_shows_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config.example.yaml");
+    let example = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let minimal = parse(&format!(
+        "{SRC}outputs:\n  - {{name: a, source: main, prefix: app/, format: json, destination: /o/a}}\n"
+    ))
+    .unwrap();
+    assert_eq!(example.http, minimal.http);
+    assert_eq!(minimal.http, HttpConfig { listen: Some("127.0.0.1:9101".into()), max_stale: Duration::from_secs(60) });
+}
+
+#[test]
+fn http_listen_empty_disables_and_a_bad_address_is_named() {
+    let base = format!("{SRC}outputs:\n  - {{name: a, source: main, prefix: app/, format: json, destination: /o/a}}\n");
+    let c = parse(&format!("{base}http: {{ listen: \"\", max_stale: 5s }}\n")).unwrap();
+    assert_eq!(c.http, HttpConfig { listen: None, max_stale: Duration::from_secs(5) });
+    let err = parse(&format!("{base}http: {{ listen: \"localhost:9101\" }}\n")).unwrap_err();
+    assert!(err.contains("listen: `localhost:9101` is not an address; write e.g. \"127.0.0.1:9101\""), "{err}");
+    let err = parse(&format!("{base}http: {{ listen: \"127.0.0.1:9101\", max_stale: soon }}\n")).unwrap_err();
+    assert!(err.contains("max_stale"), "{err}");
+}
