@@ -39,13 +39,36 @@ impl Recorder {
         self.seen.lock().unwrap().contains_key(&seq)
     }
 
-    /// Latencies (observation - acknowledgement) of every sequence number both saw; an observation
-    /// before the ack (the watcher raced the write's reply) counts as zero.
+    /// Distinct acknowledged versions the observer saw (a sighting of the state from before the
+    /// first write, e.g. on a directory event that was not the destination's, does not count).
+    pub fn observed(&self) -> usize {
+        let acks = self.acks.lock().unwrap();
+        self.seen.lock().unwrap().keys().filter(|s| acks.contains_key(s)).count()
+    }
+
+    /// One latency per acknowledged change: from its acknowledgement to the first moment the observer
+    /// saw that version *or a later one*. An observer that coalesces (a poll, a render that took two
+    /// changes at once) never shows some versions; counting those changes with the time until a newer
+    /// version appeared keeps them in the sample instead of silently dropping the slow ones. A sighting
+    /// before the ack (the watcher raced the write's reply) counts as zero. Changes not yet superseded
+    /// by anything seen are left out (the scenarios wait until the last change is seen, so none are).
     pub fn latencies(&self) -> Vec<Duration> {
         let acks = self.acks.lock().unwrap();
         let seen = self.seen.lock().unwrap();
-        let mut v: Vec<Duration> =
-            acks.iter().filter_map(|(s, a)| seen.get(s).map(|t| t.saturating_duration_since(*a))).collect();
+        let mut by_seq: Vec<(u64, Instant)> = seen.iter().map(|(s, t)| (*s, *t)).collect();
+        by_seq.sort_unstable_by_key(|(s, _)| *s);
+        // earliest[i]: the first time any version >= by_seq[i].0 was seen.
+        let mut earliest: Vec<Instant> = by_seq.iter().map(|(_, t)| *t).collect();
+        for i in (0..earliest.len().saturating_sub(1)).rev() {
+            earliest[i] = earliest[i].min(earliest[i + 1]);
+        }
+        let mut v: Vec<Duration> = acks
+            .iter()
+            .filter_map(|(s, a)| {
+                let i = by_seq.partition_point(|(seq, _)| seq < s);
+                earliest.get(i).map(|t| t.saturating_duration_since(*a))
+            })
+            .collect();
         v.sort();
         v
     }
@@ -92,5 +115,20 @@ mod tests {
         let s = summarize(&v);
         assert_eq!(s.p50, Duration::from_millis(51));
         assert_eq!(s.max, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_skipped_version_counts_until_a_later_one_is_seen() {
+        let r = Recorder::default();
+        let t0 = Instant::now();
+        for s in 1..=3 {
+            r.ack(s, t0);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        r.saw(3); // versions 1 and 2 were coalesced into 3
+        let l = r.latencies();
+        assert_eq!(l.len(), 3);
+        assert!(l.iter().all(|d| *d >= Duration::from_millis(5)));
+        assert_eq!(r.observed(), 1);
     }
 }

@@ -13,15 +13,21 @@ pub fn cdf(path: &Path, rows: &[LatencyRow]) -> anyhow::Result<()> {
     root.fill(&WHITE)?;
     let areas = root.split_evenly((panels, 1));
     for (row, area) in rows.iter().zip(areas.iter()) {
-        let xmax = row.subject.iter().chain(&row.baseline).map(|d| ms(*d)).fold(0.0, f64::max).max(0.1) * 1.05;
+        let all = row.subject.iter().chain(row.references.iter().flat_map(|r| &r.samples));
+        let xmax = all.map(|d| ms(*d)).fold(0.0, f64::max).max(0.1) * 1.05;
+        let names: Vec<&str> = row.references.iter().map(|r| r.name.as_str()).collect();
         let mut chart = ChartBuilder::on(area)
-            .caption(format!("{}: kvsync vs {}", row.mode, row.reference), ("sans-serif", 16))
+            .caption(format!("{}: kvsync vs {}", row.mode, names.join(", ")), ("sans-serif", 16))
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(45)
             .build_cartesian_2d(0f64..xmax, 0f64..1f64)?;
         chart.configure_mesh().x_desc("change-to-disk latency (ms)").y_desc("fraction").draw()?;
-        for (samples, color, label) in [(&row.subject, RED, "kvsync"), (&row.baseline, BLUE, row.reference.as_str())] {
+        const REF_COLORS: [RGBColor; 3] = [BLUE, GREEN, MAGENTA];
+        let curves = std::iter::once((&row.subject, RED, "kvsync")).chain(
+            row.references.iter().zip(REF_COLORS.iter().cycle()).map(|(r, c)| (&r.samples, *c, r.name.as_str())),
+        );
+        for (samples, color, label) in curves {
             let n = samples.len().max(1) as f64;
             let points: Vec<(f64, f64)> =
                 samples.iter().enumerate().map(|(i, d)| (ms(*d), (i + 1) as f64 / n)).collect();

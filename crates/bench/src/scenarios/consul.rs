@@ -13,7 +13,7 @@ use crate::dest;
 use crate::kvsync_proc::Kvsync;
 use crate::measure::{seq_in, value, Recorder};
 use crate::procstat;
-use crate::report::{BurstRow, IdleRow, LatencyRow, Report, ScaleRow};
+use crate::report::{BurstRow, IdleRow, LatencyRow, Reference, Report, ScaleRow};
 use crate::Args;
 
 const T: Duration = Duration::from_secs(120);
@@ -122,10 +122,10 @@ async fn latency(c: &Counts, mode: &str) -> anyhow::Result<LatencyRow> {
     watcher.abort();
     Ok(LatencyRow {
         mode: format!("consul {mode}{}", if mode == "poll" { " (1 s)" } else { "" }),
-        reference: "bare blocking-query client".into(),
+        references: vec![Reference { name: "bare blocking-query client".into(), samples: baseline.latencies() }],
         subject: subject.latencies(),
-        baseline: baseline.latencies(),
         changes: n as usize,
+        versions: subject.observed(),
         target: (mode == "watch").then_some((2.0, 10.0)),
     })
 }
@@ -236,5 +236,12 @@ async fn idle(c: &Counts, mode: &str) -> anyhow::Result<IdleRow> {
         cpu: procstat::cpu(k.pid()).saturating_sub(cpu0),
         connections: procstat::tcp_connections(k.pid(), server.addr().port()),
         requests_per_min: Some(requests as f64 * 60.0 / c.idle_seconds as f64),
+        requests_counted_by: "test server's counter".into(),
+        target_connections: None,
+        // One blocking query per prefix per `wait` (60 s). A window shorter than `wait` can still hold
+        // one return per prefix, so the allowance is 3 per started wait period, as a rate over the
+        // window. Poll mode has no request target.
+        target_requests_per_min: (mode == "watch")
+            .then(|| 3.0 * (c.idle_seconds as f64 / 60.0).ceil().max(1.0) * 60.0 / c.idle_seconds as f64),
     })
 }

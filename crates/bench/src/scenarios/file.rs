@@ -11,7 +11,7 @@ use crate::dest;
 use crate::kvsync_proc::Kvsync;
 use crate::measure::{value, Recorder};
 use crate::procstat;
-use crate::report::{BurstRow, IdleRow, LatencyRow, Report, ScaleRow};
+use crate::report::{BurstRow, IdleRow, LatencyRow, Reference, Report, ScaleRow};
 use crate::Args;
 
 const T: Duration = Duration::from_secs(120);
@@ -87,10 +87,10 @@ fn latency(c: &Counts) -> anyhow::Result<LatencyRow> {
     wait_for("the last change on disk", T, || subject.has_seen(n))?;
     Ok(LatencyRow {
         mode: "file watch (inotify)".into(),
-        reference: "bare inotify watcher".into(),
+        references: vec![Reference { name: "bare inotify watcher".into(), samples: baseline.latencies() }],
         subject: subject.latencies(),
-        baseline: baseline.latencies(),
         changes: n as usize,
+        versions: subject.observed(),
         target: None,
     })
 }
@@ -205,5 +205,8 @@ fn idle(c: &Counts) -> anyhow::Result<IdleRow> {
         cpu: procstat::cpu(k.pid()).saturating_sub(cpu0),
         connections: 0,
         requests_per_min: None,
+        requests_counted_by: "no server".into(),
+        target_connections: None,
+        target_requests_per_min: None,
     })
 }

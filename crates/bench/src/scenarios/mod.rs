@@ -1,6 +1,7 @@
 //! The scenarios, per backend. Each starts its own backend and its own kvsync process.
 
 mod consul;
+mod etcd;
 mod file;
 
 use std::path::Path;
@@ -14,6 +15,9 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
     let mut report = Report::default();
     if args.backend("file") {
         file::run(args, &mut report)?;
+    }
+    if args.backend("etcd") {
+        etcd::run(args, &mut report).await?;
     }
     if args.backend("consul") {
         consul::run(args, &mut report).await?;
