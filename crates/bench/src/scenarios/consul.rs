@@ -8,7 +8,7 @@ use base64::Engine as _;
 use http_body_util::{BodyExt, Empty};
 use kvsync_tests::consul_server::ConsulServer;
 
-use super::{pace, wait_for, write_config, Counts};
+use super::{out_dir, pace, wait_for, write_config, Counts};
 use crate::dest;
 use crate::kvsync_proc::Kvsync;
 use crate::measure::{seq_in, value, Recorder};
@@ -90,7 +90,7 @@ async fn latency(c: &Counts, mode: &str) -> anyhow::Result<LatencyRow> {
     let server = ConsulServer::start().await?;
     server.put("bench/k", value(0, 1024));
     let dir = tempfile::tempdir()?;
-    let out = dir.path().join("app.json");
+    let out = out_dir(dir.path())?.join("app.json");
     let cfg = write_config(
         dir.path(),
         &source(&server.url(), mode),
@@ -136,7 +136,7 @@ async fn burst(c: &Counts) -> anyhow::Result<BurstRow> {
         server.put(&format!("bench/k{i:05}"), "init");
     }
     let dir = tempfile::tempdir()?;
-    let out = dir.path().join("app.json");
+    let out = out_dir(dir.path())?.join("app.json");
     let cfg = write_config(
         dir.path(),
         &source(&server.url(), "watch"),
@@ -177,7 +177,7 @@ async fn scale(c: &Counts) -> anyhow::Result<ScaleRow> {
         server.put(&key, vec![b'v'; size]);
     }
     let dir = tempfile::tempdir()?;
-    let out = dir.path().join("app.json");
+    let out = out_dir(dir.path())?.join("app.json");
     let cfg = write_config(
         dir.path(),
         &source(&server.url(), "watch"),
@@ -210,7 +210,7 @@ async fn idle(c: &Counts, mode: &str) -> anyhow::Result<IdleRow> {
         server.put(&format!("{p}/k"), "v");
     }
     let dir = tempfile::tempdir()?;
-    let o = dir.path();
+    let o = out_dir(dir.path())?;
     let outputs: String = ["a", "b", "c"]
         .iter()
         .map(|p| {

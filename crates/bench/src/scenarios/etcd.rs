@@ -17,7 +17,7 @@ use kvsync_etcd_grpc::{prefix_range, Client};
 use kvsync_tests::etcd_server::{EtcdServer, TestClient};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{wait_for, write_config, Counts};
+use super::{out_dir, wait_for, write_config, Counts};
 use crate::dest;
 use crate::kvsync_proc::Kvsync;
 use crate::measure::{seq_in, value, Recorder};
@@ -158,7 +158,7 @@ async fn latency(c: &Counts, mode: &str) -> anyhow::Result<LatencyRow> {
     let client = etcd.client().await?;
     client.put("bench/k", value(0, 1024)).await?;
     let dir = tempfile::tempdir()?;
-    let out = dir.path().join("app.json");
+    let out = out_dir(dir.path())?.join("app.json");
     let cfg = write_config(dir.path(), &source(&etcd.endpoint(), mode), &json_output("bench/", &out))?;
     let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
     tokio::task::block_in_place(|| k.wait_log("every output has rendered", T))?;
@@ -214,7 +214,7 @@ async fn burst(c: &Counts) -> anyhow::Result<BurstRow> {
         client.put(&format!("bench/k{i:05}"), "init").await?;
     }
     let dir = tempfile::tempdir()?;
-    let out = dir.path().join("app.json");
+    let out = out_dir(dir.path())?.join("app.json");
     let cfg = write_config(dir.path(), &source(&etcd.endpoint(), "watch"), &json_output("bench/", &out))?;
     let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
     tokio::task::block_in_place(|| k.wait_log("every output has rendered", T))?;
@@ -271,7 +271,8 @@ async fn scale(c: &Counts) -> anyhow::Result<Vec<ScaleRow>> {
     for (seq, format) in [(1u64, "json"), (2, "files")] {
         eprintln!("etcd: scale ({format}) ...");
         let dir = tempfile::tempdir()?;
-        let dest = if format == "files" { dir.path().join("files") } else { dir.path().join("app.json") };
+        let out = out_dir(dir.path())?;
+        let dest = if format == "files" { out.join("files") } else { out.join("app.json") };
         let cfg = write_config(
             dir.path(),
             &source(&etcd.endpoint(), "watch"),
@@ -327,12 +328,13 @@ async fn idle(c: &Counts, mode: &str) -> anyhow::Result<IdleRow> {
         client.put(&format!("{p}/k"), "v").await?;
     }
     let dir = tempfile::tempdir()?;
+    let out = out_dir(dir.path())?;
     let outputs: String = ["a", "b", "c"]
         .iter()
         .map(|p| {
             format!(
                 "  - {{ name: {p}, source: e, prefix: {p}/, format: json, destination: {}/{p}.json }}\n",
-                dir.path().display()
+                out.display()
             )
         })
         .collect();

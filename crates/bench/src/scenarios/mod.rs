@@ -81,12 +81,24 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -
     Ok(())
 }
 
-/// Writes a kvsync config file with logging at info, no HTTP endpoint.
+/// Writes a kvsync config file with logging at info, no HTTP endpoint, in `etc/` under `dir`: a
+/// directory of its own. kvsync watches its config file's directory for edits (reload), so anything
+/// written beside the config (its own log, an output) would wake that watcher on every render, a
+/// cost of the layout that no deployment with the config in /etc pays.
 pub fn write_config(dir: &Path, sources: &str, outputs: &str) -> anyhow::Result<std::path::PathBuf> {
-    let p = dir.join("kvsync.yaml");
+    let etc = dir.join("etc");
+    std::fs::create_dir_all(&etc)?;
+    let p = etc.join("kvsync.yaml");
     std::fs::write(
         &p,
         format!("sources:\n{sources}outputs:\n{outputs}http: {{ listen: \"\" }}\nlog: {{ level: info }}\n"),
     )?;
     Ok(p)
+}
+
+/// The directory outputs go to: `out/` under `dir`, apart from the config (see `write_config`).
+pub fn out_dir(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out)?;
+    Ok(out)
 }
