@@ -206,20 +206,12 @@ async fn scale(c: &Counts) -> anyhow::Result<ScaleRow> {
 
 async fn idle(c: &Counts, mode: &str) -> anyhow::Result<IdleRow> {
     let server = ConsulServer::start().await?;
-    for p in ["a", "b", "c"] {
+    for p in super::IDLE_PREFIXES {
         server.put(&format!("{p}/k"), "v");
     }
     let dir = tempfile::tempdir()?;
     let o = out_dir(dir.path())?;
-    let outputs: String = ["a", "b", "c"]
-        .iter()
-        .map(|p| {
-            format!(
-                "  - {{ name: {p}, source: c, prefix: {p}/, format: json, destination: {}/{p}.json }}\n",
-                o.display()
-            )
-        })
-        .collect();
+    let outputs = super::idle_outputs("c", &o);
     let cfg = write_config(dir.path(), &source(&server.url(), mode), &outputs)?;
     let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
     tokio::task::block_in_place(|| k.wait_log("every output has rendered", T))?;

@@ -324,20 +324,12 @@ fn etcd_messages_received(port: u16) -> anyhow::Result<f64> {
 async fn idle(c: &Counts, mode: &str) -> anyhow::Result<IdleRow> {
     let etcd = EtcdServer::start().await?;
     let client = etcd.client().await?;
-    for p in ["a", "b", "c"] {
+    for p in super::IDLE_PREFIXES {
         client.put(&format!("{p}/k"), "v").await?;
     }
     let dir = tempfile::tempdir()?;
     let out = out_dir(dir.path())?;
-    let outputs: String = ["a", "b", "c"]
-        .iter()
-        .map(|p| {
-            format!(
-                "  - {{ name: {p}, source: e, prefix: {p}/, format: json, destination: {}/{p}.json }}\n",
-                out.display()
-            )
-        })
-        .collect();
+    let outputs = super::idle_outputs("e", &out);
     let cfg = write_config(dir.path(), &source(&etcd.endpoint(), mode), &outputs)?;
     let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
     tokio::task::block_in_place(|| k.wait_log("every output has rendered", T))?;

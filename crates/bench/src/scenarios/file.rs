@@ -176,21 +176,13 @@ fn scale(c: &Counts, format: &str) -> anyhow::Result<ScaleRow> {
 }
 
 fn idle(c: &Counts) -> anyhow::Result<IdleRow> {
-    let dir = setup(&["a", "b", "c"])?;
+    let dir = setup(&super::IDLE_PREFIXES)?;
     let kv = dir.path().join("kv");
-    for p in ["a", "b", "c"] {
+    for p in super::IDLE_PREFIXES {
         put(&kv, &format!("{p}/k"), b"v")?;
     }
     let o = dir.path().join("out");
-    let outputs: String = ["a", "b", "c"]
-        .iter()
-        .map(|p| {
-            format!(
-                "  - {{ name: {p}, source: local, prefix: {p}/, format: json, destination: {}/{p}.json }}\n",
-                o.display()
-            )
-        })
-        .collect();
+    let outputs = super::idle_outputs("local", &o);
     let cfg = write_config(dir.path(), &source(dir.path()), &outputs)?;
     let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
     k.wait_log("every output has rendered", T)?;

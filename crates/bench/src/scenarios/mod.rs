@@ -97,6 +97,22 @@ pub fn write_config(dir: &Path, sources: &str, outputs: &str) -> anyhow::Result<
 }
 
 /// The directory outputs go to: `out/` under `dir`, apart from the config (see `write_config`).
+/// The prefixes of the idle scenario.
+pub const IDLE_PREFIXES: [&str; 3] = ["a", "b", "c"];
+
+/// One JSON output per idle prefix of `source`, into `out`.
+pub fn idle_outputs(source: &str, out: &Path) -> String {
+    IDLE_PREFIXES
+        .iter()
+        .map(|p| {
+            format!(
+                "  - {{ name: {p}, source: {source}, prefix: {p}/, format: json, destination: {}/{p}.json }}\n",
+                out.display()
+            )
+        })
+        .collect()
+}
+
 pub fn out_dir(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     let out = dir.join("out");
     std::fs::create_dir_all(&out)?;
