@@ -347,7 +347,9 @@ async fn acl_refuses_single_keys_and_filters_lists() {
     assert_eq!(r.json().as_array().unwrap().len(), 2, "the list is filtered");
     assert_eq!(r.header("X-Consul-Results-Filtered-By-Acls"), Some("true"));
     assert_eq!(r.header("X-Consul-Default-Acl-Policy"), Some("deny"));
-    assert_eq!(call(&server, "GET", "/v1/kv/b/?recurse", &with("reader"), b"").await.status, 404, "fully filtered");
+    let r = call(&server, "GET", "/v1/kv/b/?recurse", &with("reader"), b"").await;
+    assert_eq!(r.status, 404, "fully filtered");
+    assert_eq!(r.header("X-Consul-Results-Filtered-By-Acls"), Some("true"), "a 404 from filtering says so");
 
     let r = call(&server, "GET", "/v1/kv/a/one", &with("nobody-knows-me"), b"").await;
     assert_eq!((r.status, r.text().as_str()), (403, "ACL not found"));

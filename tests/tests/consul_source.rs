@@ -372,6 +372,48 @@ async fn forbidden_is_reported_clearly_then_recovers_when_the_token_file_is_fixe
     src.stop().await;
 }
 
+/// A token that may read none of the keys under the prefix gets Consul's 404 for a fully filtered
+/// listing: that is reported and retried, never delivered as an empty prefix (which would empty the
+/// outputs), in both modes.
+#[tokio::test]
+async fn a_prefix_hidden_by_acls_is_not_an_empty_prefix() {
+    for mode in [Mode::Watch, Mode::Poll { interval: Duration::from_millis(100) }] {
+        let server = ConsulServer::start().await.unwrap();
+        server.put("sec/k", "1");
+        server.enable_acl();
+        server.set_token("reader-token", &[("sec/", Access::Read)]);
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "reader-token").unwrap();
+        let mut cfg = config(server.url());
+        cfg.token_file = Some(token_file.clone());
+        cfg.mode = mode;
+        let mut src = Running::start(cfg, &["sec/"]);
+        let (_, e, _) = src.next().await;
+        assert_eq!(value(&e, "sec/k"), Some(&b"1"[..]));
+
+        // The token now reads another prefix only: every key under sec/ is filtered out.
+        server.set_token("reader-token", &[("other/", Access::Read)]);
+        server.put("sec/k", "2");
+        eventually("the hidden prefix is reported", || {
+            src.last_error().is_some_and(|m| m.contains("hides every key under prefix `sec/`"))
+        })
+        .await;
+        let msg = src.last_error().unwrap();
+        assert!(msg.contains(&token_file.display().to_string()) && !msg.contains("reader-token"), "{msg}");
+        while let Some(u) = src.rx.try_recv() {
+            if let Change::Full { entries, .. } = u.change {
+                assert!(!entries.is_empty(), "a filtered listing must not be delivered as an empty prefix ({mode:?})");
+            }
+        }
+        // Rights come back: the prefix is delivered again.
+        server.set_token("reader-token", &[("sec/", Access::Read)]);
+        server.put("sec/k", "3");
+        src.until(|e, _| value(e, "sec/k") == Some(b"3")).await;
+        src.stop().await;
+    }
+}
+
 /// TLS configuration for the test PKI; `client_cert` adds the client certificate.
 fn tls_files(pki: &TestPki, client_cert: bool) -> TlsFiles {
     TlsFiles {

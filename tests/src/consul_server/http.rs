@@ -315,7 +315,9 @@ fn read(store: &Store, key: &str, mode: &ReadMode<'_>, authz: &Authz) -> Found {
             let visible: Vec<_> =
                 all.iter().filter(|(k, _)| authz.can_read(k)).map(|(k, e)| (k.as_str(), *e)).collect();
             if visible.is_empty() {
-                return not_found(index);
+                // Consul sets its query meta (the filtered flag among it) before answering 404 for
+                // an empty listing, so a listing emptied by ACLs says so.
+                return Found { filtered: !all.is_empty(), ..not_found(index) };
             }
             let filtered = visible.len() < all.len();
             Found {

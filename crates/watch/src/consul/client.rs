@@ -235,11 +235,16 @@ pub(crate) struct Response {
     pub body: Bytes,
     /// The address that answered, for messages.
     pub address: String,
+    /// `X-Consul-Results-Filtered-By-ACLs: true`: the token could not see some of the keys.
+    pub filtered: bool,
 }
 
 impl Response {
     /// The failure this answer represents when it is not a KV answer (200 or 404).
     pub fn into_failure(self, token: Option<&HeaderValue>) -> Failure {
+        if hidden_by_acl(&self) {
+            return Failure::Hidden { address: self.address };
+        }
         Failure::Status {
             address: self.address,
             status: self.status,
@@ -252,7 +257,12 @@ impl Response {
 /// that carries `X-Consul-Index`. A 404 without it comes from something else (a proxy, a wrong base
 /// path) and must not be read as "the prefix is empty".
 pub(crate) fn is_kv_answer(r: &Response) -> bool {
-    r.status == StatusCode::OK || (r.status == StatusCode::NOT_FOUND && r.index.is_some())
+    r.status == StatusCode::OK || (r.status == StatusCode::NOT_FOUND && r.index.is_some() && !hidden_by_acl(r))
+}
+
+/// A 404 because ACLs filtered out every key under the prefix (not because it is empty).
+pub(crate) fn hidden_by_acl(r: &Response) -> bool {
+    r.status == StatusCode::NOT_FOUND && r.filtered
 }
 
 /// One prefix loop's way of making requests: its connection, kept open between requests.
@@ -339,6 +349,10 @@ impl Fetcher {
                 .get("x-consul-index")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok());
+            let filtered = response
+                .headers()
+                .get("x-consul-results-filtered-by-acls")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
             let mut body = response.into_body();
             let mut buf = BytesMut::new();
             loop {
@@ -363,7 +377,7 @@ impl Fetcher {
                 }
             }
             self.conn = Some(conn);
-            return Ok(Response { status, index, body: buf.freeze(), address });
+            return Ok(Response { status, index, body: buf.freeze(), address, filtered });
         }
         // Both tries went out on connections that were closed under them.
         let address = self.client.endpoints

@@ -26,6 +26,9 @@ pub(crate) enum Failure {
     Token { error: String },
     /// The TLS files cannot be read or do not fit together.
     Tls { error: String },
+    /// Consul answered 404 with `X-Consul-Results-Filtered-By-ACLs`: keys exist under the prefix but the
+    /// token may read none of them. Not an empty prefix: rendering it would empty the outputs.
+    Hidden { address: String },
 }
 
 /// How long to wait before the next try.
@@ -48,7 +51,7 @@ impl Failure {
                 // Any other 5xx: the server's trouble, likely transient.
                 _ => Retry::Backoff,
             },
-            Failure::Token { .. } | Failure::Tls { .. } => Retry::Slow,
+            Failure::Token { .. } | Failure::Tls { .. } | Failure::Hidden { .. } => Retry::Slow,
         }
     }
 
@@ -56,7 +59,7 @@ impl Failure {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Failure::Connection { .. } | Failure::Stalled { .. } => ErrorKind::Connect,
-            Failure::Status { .. } => ErrorKind::Status,
+            Failure::Status { .. } | Failure::Hidden { .. } => ErrorKind::Status,
             Failure::Malformed { .. } | Failure::Token { .. } | Failure::Tls { .. } => ErrorKind::Other,
         }
     }
@@ -110,6 +113,17 @@ impl Failure {
             }
             Failure::Token { error } => format!("consul: prefix `{prefix}`: {error}; retrying slowly"),
             Failure::Tls { error } => format!("consul: prefix `{prefix}`: TLS setup failed: {error}; retrying slowly"),
+            Failure::Hidden { address } => {
+                let whose = match token_file {
+                    Some(p) => format!("the ACL token in {}", p.display()),
+                    None => "the agent's default token (no token_file is configured)".to_string(),
+                };
+                format!(
+                    "consul: {address} hides every key under prefix `{prefix}` from {whose} (404 with \
+                     X-Consul-Results-Filtered-By-ACLs); the last good output stays; grant the token \
+                     `key_prefix \"{prefix}\" {{ policy = \"read\" }}`; retrying slowly"
+                )
+            }
         }
     }
 }
