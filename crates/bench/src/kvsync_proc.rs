@@ -40,6 +40,14 @@ impl Kvsync {
         Ok(Kvsync { child: std::sync::Mutex::new(child), log: log.to_path_buf(), started: Instant::now() })
     }
 
+    /// Starts kvsync with its log in `dir/kvsync.log` and waits (bounded) for its first full render;
+    /// returns it with the moment that render was seen. Blocking: async callers use `block_in_place`.
+    pub fn start_rendered(config: &Path, dir: &Path, timeout: Duration) -> anyhow::Result<(Kvsync, Instant)> {
+        let k = Kvsync::start(config, &dir.join("kvsync.log"))?;
+        let rendered = k.wait_log("every output has rendered", timeout)?;
+        Ok((k, rendered))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.lock().unwrap().id()
     }

@@ -96,8 +96,7 @@ async fn latency(c: &Counts, mode: &str) -> anyhow::Result<LatencyRow> {
         &source(&server.url(), mode),
         &format!("  - {{ name: app, source: c, prefix: bench/, format: json, destination: {} }}\n", out.display()),
     )?;
-    let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
-    tokio::task::block_in_place(|| k.wait_log("every output has rendered", T))?;
+    let (_kvsync, _) = tokio::task::block_in_place(|| Kvsync::start_rendered(&cfg, dir.path(), T))?;
     let subject = Arc::new(Recorder::default());
     let baseline = Arc::new(Recorder::default());
     let _w = dest::watch(&out, Arc::clone(&subject), false)?;
@@ -142,8 +141,7 @@ async fn burst(c: &Counts) -> anyhow::Result<BurstRow> {
         &source(&server.url(), "watch"),
         &format!("  - {{ name: app, source: c, prefix: bench/, format: json, destination: {} }}\n", out.display()),
     )?;
-    let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
-    tokio::task::block_in_place(|| k.wait_log("every output has rendered", T))?;
+    let (k, _) = tokio::task::block_in_place(|| Kvsync::start_rendered(&cfg, dir.path(), T))?;
     let writes_before = k.writes();
     let rec = Arc::new(Recorder::default());
     let _w = dest::watch(&out, Arc::clone(&rec), true)?;
@@ -186,8 +184,7 @@ async fn scale(c: &Counts) -> anyhow::Result<ScaleRow> {
             out.display()
         ),
     )?;
-    let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
-    let synced = tokio::task::block_in_place(|| k.wait_log("every output has rendered", T))?;
+    let (k, synced) = tokio::task::block_in_place(|| Kvsync::start_rendered(&cfg, dir.path(), T))?;
     let rec = Arc::new(Recorder::default());
     let _w = dest::watch(&out, Arc::clone(&rec), false)?;
     server.put("bench/k000001", value(1, 200));
@@ -213,8 +210,7 @@ async fn idle(c: &Counts, mode: &str) -> anyhow::Result<IdleRow> {
     let o = out_dir(dir.path())?;
     let outputs = super::idle_outputs("c", &o);
     let cfg = write_config(dir.path(), &source(&server.url(), mode), &outputs)?;
-    let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
-    tokio::task::block_in_place(|| k.wait_log("every output has rendered", T))?;
+    let (k, _) = tokio::task::block_in_place(|| Kvsync::start_rendered(&cfg, dir.path(), T))?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu0 = procstat::cpu(k.pid());
     let req0 = server.total_requests();

@@ -160,8 +160,7 @@ async fn latency(c: &Counts, mode: &str) -> anyhow::Result<LatencyRow> {
     let dir = tempfile::tempdir()?;
     let out = out_dir(dir.path())?.join("app.json");
     let cfg = write_config(dir.path(), &source(&etcd.endpoint(), mode), &json_output("bench/", &out))?;
-    let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
-    tokio::task::block_in_place(|| k.wait_log("every output has rendered", T))?;
+    let (_kvsync, _) = tokio::task::block_in_place(|| Kvsync::start_rendered(&cfg, dir.path(), T))?;
 
     let subject = Arc::new(Recorder::default());
     let bare = Arc::new(Recorder::default());
@@ -216,8 +215,7 @@ async fn burst(c: &Counts) -> anyhow::Result<BurstRow> {
     let dir = tempfile::tempdir()?;
     let out = out_dir(dir.path())?.join("app.json");
     let cfg = write_config(dir.path(), &source(&etcd.endpoint(), "watch"), &json_output("bench/", &out))?;
-    let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
-    tokio::task::block_in_place(|| k.wait_log("every output has rendered", T))?;
+    let (k, _) = tokio::task::block_in_place(|| Kvsync::start_rendered(&cfg, dir.path(), T))?;
     let writes_before = k.writes();
     let rec = Arc::new(Recorder::default());
     let _w = dest::watch(&out, Arc::clone(&rec), true)?;
@@ -281,8 +279,7 @@ async fn scale(c: &Counts) -> anyhow::Result<Vec<ScaleRow>> {
                 dest.display()
             ),
         )?;
-        let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
-        let synced = tokio::task::block_in_place(|| k.wait_log("every output has rendered", T))?;
+        let (k, synced) = tokio::task::block_in_place(|| Kvsync::start_rendered(&cfg, dir.path(), T))?;
         let rec = Arc::new(Recorder::default());
         // `files`: the visible entry links through `..data`; its directory sees the `..data` flip.
         let watched = if format == "files" { dest.join("k000001") } else { dest.clone() };
@@ -331,8 +328,7 @@ async fn idle(c: &Counts, mode: &str) -> anyhow::Result<IdleRow> {
     let out = out_dir(dir.path())?;
     let outputs = super::idle_outputs("e", &out);
     let cfg = write_config(dir.path(), &source(&etcd.endpoint(), mode), &outputs)?;
-    let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
-    tokio::task::block_in_place(|| k.wait_log("every output has rendered", T))?;
+    let (k, _) = tokio::task::block_in_place(|| Kvsync::start_rendered(&cfg, dir.path(), T))?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The benchmark's own client is idle during the window: every message counted is kvsync's.
     let cpu0 = procstat::cpu(k.pid());

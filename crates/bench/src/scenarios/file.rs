@@ -70,8 +70,7 @@ fn latency(c: &Counts) -> anyhow::Result<LatencyRow> {
         &source(dir.path()),
         &format!("  - {{ name: app, source: local, prefix: bench/, format: json, destination: {} }}\n", out.display()),
     )?;
-    let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
-    k.wait_log("every output has rendered", T)?;
+    let (_kvsync, _) = Kvsync::start_rendered(&cfg, dir.path(), T)?;
     let subject = Arc::new(Recorder::default());
     let baseline = Arc::new(Recorder::default());
     let _w = dest::watch(&out, Arc::clone(&subject), false)?;
@@ -107,8 +106,7 @@ fn burst(c: &Counts) -> anyhow::Result<BurstRow> {
         &source(dir.path()),
         &format!("  - {{ name: app, source: local, prefix: bench/, format: json, destination: {} }}\n", out.display()),
     )?;
-    let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
-    k.wait_log("every output has rendered", T)?;
+    let (k, _) = Kvsync::start_rendered(&cfg, dir.path(), T)?;
     let writes_before = k.writes();
     let rec = Arc::new(Recorder::default());
     let _w = dest::watch(&out, Arc::clone(&rec), true)?;
@@ -154,8 +152,7 @@ fn scale(c: &Counts, format: &str) -> anyhow::Result<ScaleRow> {
             dest.display()
         ),
     )?;
-    let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
-    let synced = k.wait_log("every output has rendered", T)?;
+    let (k, synced) = Kvsync::start_rendered(&cfg, dir.path(), T)?;
     let initial_sync = synced - k.started;
     let peak = procstat::peak_rss(k.pid());
     let rec = Arc::new(Recorder::default());
@@ -184,8 +181,7 @@ fn idle(c: &Counts) -> anyhow::Result<IdleRow> {
     let o = dir.path().join("out");
     let outputs = super::idle_outputs("local", &o);
     let cfg = write_config(dir.path(), &source(dir.path()), &outputs)?;
-    let k = Kvsync::start(&cfg, &dir.path().join("kvsync.log"))?;
-    k.wait_log("every output has rendered", T)?;
+    let (k, _) = Kvsync::start_rendered(&cfg, dir.path(), T)?;
     std::thread::sleep(Duration::from_millis(500));
     let cpu0 = procstat::cpu(k.pid());
     std::thread::sleep(Duration::from_secs(c.idle_seconds));
