@@ -99,17 +99,9 @@ pub struct ConsulSource {
     settings: Settings,
 }
 
-/// What every prefix loop needs besides the client, fixed at construction.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub wait: Duration,
-    pub mode: Mode,
-    pub stale: bool,
-    pub datacenter: Option<String>,
-    pub backoff: Backoff,
-    pub max_value_bytes: usize,
-    pub max_keys: usize,
-}
+/// What every prefix loop reads: the validated configuration (with `wait` clamped to what Consul
+/// allows). The addresses, token file and TLS files live on in the client.
+pub(crate) type Settings = ConsulConfig;
 
 impl ConsulSource {
     /// Validates the configuration (addresses, TLS files, token file, durations) and prepares the
@@ -140,15 +132,7 @@ impl ConsulSource {
             }
         }
         let client = Client::new(&config.addresses, config.tls.as_ref(), config.token_file.as_deref())?;
-        let settings = Settings {
-            wait,
-            mode: config.mode,
-            stale: config.stale,
-            datacenter: config.datacenter,
-            backoff: config.backoff,
-            max_value_bytes: config.max_value_bytes,
-            max_keys: config.max_keys,
-        };
+        let settings = Settings { wait, ..config };
         Ok(ConsulSource { client: Arc::new(client), settings })
     }
 }
