@@ -100,9 +100,14 @@ fn killed_at_random_moments_never_leaves_partial_files() {
         .filter(|n| n.contains("kvsync-tmp"))
         .collect();
     assert!(strays.is_empty(), "stray temp files remain: {strays:?}");
-    // The old generation goes right after the swap; give that commit a moment to finish.
-    wait::until(Duration::from_secs(10), "exactly one generation to remain", || {
-        generation_dirs(&out.join("files")).len() == 1
+    // What interrupted runs left goes at the first render; two generations remain: the current one
+    // and the spare kept to become the next (the replaced generation, or a copy made in the
+    // background). Give the commit and the copy a moment to finish.
+    let files = out.join("files");
+    wait::until(Duration::from_secs(10), "the current generation and one spare to remain", || {
+        let gens = generation_dirs(&files);
+        let current = fs::read_link(files.join("..data")).map(|t| t.to_string_lossy().into_owned());
+        gens.len() == 2 && current.is_ok_and(|c| gens.contains(&c))
     });
     drop(d);
 }

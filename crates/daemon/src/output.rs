@@ -1,12 +1,12 @@
 //! One output at run time: render its inputs, compare with what is on disk, check, commit.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use kvsync_watch::snapshot::Entries;
 use kvsync_watch::View;
 use prometheus_client::metrics::histogram::Histogram;
 use sha2::{Digest, Sha256};
@@ -138,8 +138,44 @@ pub enum Outcome {
 
 /// What was last committed, to skip writing identical bytes.
 enum Last {
-    File([u8; 32]),
-    Tree(BTreeMap<String, Bytes>),
+    /// A template's output, by its SHA-256.
+    Hash([u8; 32]),
+    /// Any other single-file format, by the inputs it was rendered from (prefix and entries).
+    Inputs(Vec<(String, Arc<Entries>)>),
+    /// `files`: what the destination's generations hold.
+    Tree(commit::TreeState),
+}
+
+impl Last {
+    fn inputs(views: &[View]) -> Last {
+        Last::Inputs(views.iter().map(|v| (v.prefix.clone(), Arc::clone(&v.entries))).collect())
+    }
+}
+
+/// Whether `views` hold the same rendered keys and values as `prev` (folder markers, and for `raw`
+/// every key but the exact one, do not count). Unchanged values share their allocation between
+/// snapshots, so this is a walk over the keys, not a comparison of every byte.
+fn same_inputs(prev: &[(String, Arc<Entries>)], views: &[View], raw: bool) -> bool {
+    let counted = |rel: &str| if raw { rel.is_empty() } else { !rel.is_empty() && !rel.ends_with('/') };
+    prev.len() == views.len()
+        && prev.iter().zip(views).all(|((prefix, entries), view)| {
+            if *prefix != view.prefix {
+                return false;
+            }
+            if Arc::ptr_eq(entries, &view.entries) {
+                return true;
+            }
+            let n = prefix.len();
+            let mut old = entries.iter().map(|(k, v)| (&k[n..], v)).filter(|(k, _)| counted(k));
+            let mut new = view.relative().filter(|(k, _)| counted(k));
+            loop {
+                match (old.next(), new.next()) {
+                    (None, None) => return true,
+                    (Some((ka, va)), Some((kb, vb))) if ka == kb && commit::same_bytes(va, vb) => {}
+                    _ => return false,
+                }
+            }
+        })
 }
 
 pub struct OutputRuntime {
@@ -211,118 +247,215 @@ impl OutputRuntime {
     }
 
     fn render_commit_inner(&mut self, cfg: &OutputConfig, views: &[View], limits: &Limits) -> Result<Outcome, Failure> {
-        let limit = |msg: String| Failure::new(FailureReason::Limit, msg);
+        if matches!(cfg.format, Format::Files) {
+            // Straight from the view into the tree of files: the values are shared, never copied.
+            let (input, view) = (&cfg.inputs[0], &views[0]);
+            let mut kv: Vec<(&str, Bytes)> = Vec::with_capacity(view.entries.len());
+            each_value(input, view, false, limits, |k, v| kv.push((k, v.clone())))?;
+            let tree = format::files::layout(kv).map_err(|e| Failure::new(FailureReason::Render, e))?;
+            if tree.values().map(|v| v.len() as u64).sum::<u64>() > limits.max_output_size {
+                return Err(output_size_failure(limits));
+            }
+            return self.commit_tree(cfg, tree);
+        }
         let raw = matches!(cfg.format, Format::Raw { .. });
+        // Every format but a template is a function of its keys and values alone: when they are
+        // what the last commit rendered, so is the output, and nothing needs rendering.
+        let pure = !matches!(cfg.format, Format::Template(_));
+        if let (true, Some(Last::Inputs(prev))) = (pure, &self.last) {
+            if same_inputs(prev, views, raw) {
+                return Ok(Outcome::Unchanged);
+            }
+        }
         let mut inputs = Vec::with_capacity(views.len());
         for (input, view) in cfg.inputs.iter().zip(views) {
-            if view.entries.len() > limits.max_keys {
-                return Err(limit(format!(
-                    "{}:{} holds {} keys, over the limit of {} (limits.max_keys)",
-                    input.source,
-                    input.prefix,
-                    view.entries.len(),
-                    limits.max_keys
-                )));
-            }
             let mut kv: BTreeMap<&str, &[u8]> = BTreeMap::new();
-            for (rel, value) in view.relative() {
-                if raw {
-                    if !rel.is_empty() {
-                        continue; // only the exact key
-                    }
-                } else if rel.is_empty() || rel.ends_with('/') {
-                    continue; // folder markers
-                }
-                if value.len() as u64 > limits.max_value_size {
-                    return Err(limit(format!(
-                        "key `{}{rel}` is {} bytes, over the limit of {} bytes (limits.max_value_size)",
-                        input.prefix,
-                        value.len(),
-                        limits.max_value_size
-                    )));
-                }
-                kv.insert(rel, value.as_ref());
-            }
+            each_value(input, view, raw, limits, |k, v| {
+                kv.insert(k, v.as_ref());
+            })?;
             inputs.push(InputData { name: &input.name, origin: format!("{}:{}", input.source, input.prefix), kv });
         }
-        let rendered =
-            format::render(&cfg.format, &inputs, cfg.single).map_err(|e| Failure::new(FailureReason::Render, e))?;
-        if rendered.size() > limits.max_output_size {
-            return Err(limit(format!(
-                "rendered output is {} bytes, over the limit of {} bytes (limits.max_output_size)",
-                rendered.size(),
-                limits.max_output_size
-            )));
-        }
-        drop(inputs);
-        match rendered {
-            Rendered::File(bytes) => self.commit_file(cfg, bytes),
-            Rendered::Tree(tree) => self.commit_tree(cfg, tree),
-        }
-    }
-
-    fn commit_file(&mut self, cfg: &OutputConfig, bytes: Vec<u8>) -> Result<Outcome, Failure> {
         let dest = &cfg.destination;
-        if self.last.is_none() {
+        let first_since_start = self.last.is_none();
+        if first_since_start {
             // First render since start: remove what an interrupted run may have left.
             commit::clean_stray_temp_files(dest);
         }
-        let hash: [u8; 32] = Sha256::digest(&bytes).into();
-        let same = match &self.last {
-            Some(Last::File(h)) => *h == hash,
-            // First render since start: compare with what a previous run left.
-            _ => std::fs::read(dest).map(|old| old == bytes).unwrap_or(false),
+        let render_failure = |e: String| Failure::new(FailureReason::Render, e);
+        let (staged, last) = if let Format::Json = cfg.format {
+            // Written straight into the staged file: a large output is never held in memory.
+            let tree = format::json_tree(&inputs[0].kv).map_err(render_failure)?;
+            let mode = prepare(cfg)?;
+            let over = std::cell::Cell::new(false);
+            let staged = commit::stage_with(dest, mode, |w| {
+                let mut w = Limited { inner: w, left: limits.max_output_size, over: &over };
+                format::json::write(&tree, &mut w)
+            });
+            if over.get() {
+                return Err(output_size_failure(limits));
+            }
+            (staged.map_err(write_failure)?, Last::inputs(views))
+        } else {
+            let bytes = match format::render(&cfg.format, &inputs, cfg.single).map_err(render_failure)? {
+                Rendered::File(bytes) => bytes,
+                Rendered::Tree(_) => unreachable!("only `files` renders a tree"),
+            };
+            if bytes.len() as u64 > limits.max_output_size {
+                return Err(output_size_failure(limits));
+            }
+            let last = if pure {
+                Last::inputs(views)
+            } else {
+                let hash: [u8; 32] = Sha256::digest(&bytes).into();
+                let same = match &self.last {
+                    Some(Last::Hash(h)) => *h == hash,
+                    _ => std::fs::read(dest).is_ok_and(|old| old == bytes),
+                };
+                if same {
+                    self.last = Some(Last::Hash(hash));
+                    return Ok(Outcome::Unchanged);
+                }
+                Last::Hash(hash)
+            };
+            let mode = prepare(cfg)?;
+            (commit::stage_file(dest, &bytes, mode).map_err(write_failure)?, last)
         };
-        if same {
-            self.last = Some(Last::File(hash));
+        drop(inputs);
+        if pure && first_since_start && commit::same_contents(staged.path(), dest) {
+            // What a previous run left is already right.
+            self.last = Some(last);
             return Ok(Outcome::Unchanged);
         }
-        commit::check_parent(dest).map_err(write_failure)?;
-        let mode = commit::target_mode(dest, cfg.perms);
-        let staged = commit::stage_file(dest, &bytes, mode).map_err(write_failure)?;
         if let Some(check) = &cfg.check {
             crate::check::run(check, staged.path()).map_err(check_failure)?;
         }
         staged.commit().map_err(write_failure)?;
-        self.last = Some(Last::File(hash));
+        self.last = Some(last);
         Ok(Outcome::Written)
     }
 
     fn commit_tree(&mut self, cfg: &OutputConfig, tree: BTreeMap<String, Bytes>) -> Result<Outcome, Failure> {
         let dest = &cfg.destination;
-        let previous = match self.last.take() {
+        let mode = cfg.perms.unwrap_or(commit::DEFAULT_MODE);
+        let mut state = match self.last.take() {
             Some(Last::Tree(t)) => Some(t),
             _ => {
                 // First render since start: remove generations an interrupted run left half-made.
                 commit::clean_stray_generations(dest);
-                on_disk_tree(dest)
+                commit::TreeState::on_disk(dest, mode)
             }
         };
-        if previous.as_ref() == Some(&tree) && commit::current_generation(dest).is_some() {
-            self.last = Some(Last::Tree(tree));
-            return Ok(Outcome::Unchanged);
+        if let Some(s) = state.as_mut() {
+            let same = s.files.len() == tree.len()
+                && s.files.iter().zip(&tree).all(|((ka, va), (kb, vb))| ka == kb && commit::same_bytes(va, vb));
+            if same && commit::current_generation(dest).as_deref() == Some(s.current.as_str()) {
+                s.ensure_spare(dest);
+                self.last = state.map(Last::Tree);
+                return Ok(Outcome::Unchanged);
+            }
         }
         commit::check_parent(dest).map_err(write_failure)?;
-        let mode = cfg.perms.unwrap_or(commit::DEFAULT_MODE);
-        let result = (|| {
-            let generation = commit::stage_generation(dest, &tree, previous.as_ref(), mode).map_err(write_failure)?;
-            if let Some(check) = &cfg.check {
-                crate::check::run(check, &generation.path()).map_err(check_failure)?;
-            }
-            commit::commit_generation(generation).map_err(write_failure)
-        })();
-        match result {
-            Ok(()) => {
-                self.last = Some(Last::Tree(tree));
-                Ok(Outcome::Written)
-            }
-            Err(e) => {
-                if let Some(p) = previous {
-                    self.last = Some(Last::Tree(p));
+        let staged =
+            commit::stage_generation(dest, &tree, state.as_mut(), mode).map_err(write_failure).and_then(|generation| {
+                if let Some(check) = &cfg.check {
+                    crate::check::run(check, &generation.path()).map_err(check_failure)?;
                 }
-                Err(e)
+                Ok(generation)
+            });
+        let generation = match staged {
+            Ok(g) => g,
+            Err(e) => {
+                // Nothing was swapped: the destination still holds what the state says.
+                self.last = state.map(Last::Tree);
+                return Err(e);
             }
+        };
+        // Once the swap is attempted the state is only known again by reading the disk.
+        let committed = commit::commit_generation(generation, state, tree, mode).map_err(write_failure)?;
+        self.last = Some(Last::Tree(committed));
+        Ok(Outcome::Written)
+    }
+}
+
+/// Calls `f` with every key (relative to the input's prefix) and value of `view` that an output
+/// renders: folder markers are left out, and for `raw` only the exact key is kept. Limits are
+/// checked on the way.
+fn each_value<'v>(
+    input: &crate::config::InputConfig,
+    view: &'v View,
+    raw: bool,
+    limits: &Limits,
+    mut f: impl FnMut(&'v str, &'v Bytes),
+) -> Result<(), Failure> {
+    if view.entries.len() > limits.max_keys {
+        return Err(Failure::new(
+            FailureReason::Limit,
+            format!(
+                "{}:{} holds {} keys, over the limit of {} (limits.max_keys)",
+                input.source,
+                input.prefix,
+                view.entries.len(),
+                limits.max_keys
+            ),
+        ));
+    }
+    for (rel, value) in view.relative() {
+        if raw {
+            if !rel.is_empty() {
+                continue; // only the exact key
+            }
+        } else if rel.is_empty() || rel.ends_with('/') {
+            continue; // folder markers
         }
+        if value.len() as u64 > limits.max_value_size {
+            return Err(Failure::new(
+                FailureReason::Limit,
+                format!(
+                    "key `{}{rel}` is {} bytes, over the limit of {} bytes (limits.max_value_size)",
+                    input.prefix,
+                    value.len(),
+                    limits.max_value_size
+                ),
+            ));
+        }
+        f(rel, value);
+    }
+    Ok(())
+}
+
+fn output_size_failure(limits: &Limits) -> Failure {
+    Failure::new(
+        FailureReason::Limit,
+        format!("the rendered output is over the limit of {} bytes (limits.max_output_size)", limits.max_output_size),
+    )
+}
+
+/// Checks that the destination's directory exists and returns the mode to write the file with.
+fn prepare(cfg: &OutputConfig) -> Result<u32, Failure> {
+    commit::check_parent(&cfg.destination).map_err(write_failure)?;
+    Ok(commit::target_mode(&cfg.destination, cfg.perms))
+}
+
+/// A writer that refuses to pass more than `left` bytes (limits.max_output_size) and says so.
+struct Limited<'a, W: ?Sized> {
+    inner: &'a mut W,
+    left: u64,
+    over: &'a std::cell::Cell<bool>,
+}
+
+impl<W: std::io::Write + ?Sized> std::io::Write for Limited<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            self.over.set(true);
+            return Err(std::io::Error::other("over limits.max_output_size"));
+        }
+        let n = self.inner.write(buf)?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -332,11 +465,4 @@ fn write_failure(e: impl ToString) -> Failure {
 
 fn check_failure(e: crate::check::CheckError) -> Failure {
     Failure { reason: FailureReason::Check, detail: e.to_string(), summary: e.summary }
-}
-
-/// The files a previous run left in a `files` destination (through `..data`), if it has a generation.
-fn on_disk_tree(dest: &Path) -> Option<BTreeMap<String, Bytes>> {
-    commit::current_generation(dest)?;
-    let data = dest.join("..data");
-    kvsync_watch::file::read_tree(&data, usize::MAX).ok()
 }

@@ -90,3 +90,30 @@ proptest! {
         let _ = crate::config::Config::parse(Path::new("/nonexistent/k.yaml"), &text);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// The json writer produces exactly what serde_json's pretty printer does for the same keys,
+    /// whatever the values hold (quotes, backslashes, control characters, non-ASCII).
+    #[test]
+    fn json_matches_serde_json(kv in prop::collection::btree_map("[a-c]{1,2}(/[a-c.]{1,2}){0,2}", "\\PC{0,20}|[\"\\\\\\x00-\\x1f\\x7f a]{0,30}", 0..12)) {
+        let flat: BTreeMap<&str, &[u8]> = kv.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect();
+        if let Ok(tree) = crate::format::json_tree(&flat) {
+            let mut ours = Vec::new();
+            crate::format::json::write(&tree, &mut ours).unwrap();
+            let mut doc = serde_json::Map::new();
+            for (k, v) in &kv {
+                let segs: Vec<&str> = k.split('/').collect();
+                let mut m = &mut doc;
+                for s in &segs[..segs.len() - 1] {
+                    m = m.entry(s.to_string()).or_insert_with(|| serde_json::Value::Object(Default::default()))
+                        .as_object_mut().unwrap();
+                }
+                m.insert(segs[segs.len() - 1].to_string(), serde_json::Value::String(v.clone()));
+            }
+            let want = serde_json::to_string_pretty(&serde_json::Value::Object(doc)).unwrap() + "\n";
+            prop_assert_eq!(String::from_utf8(ours).unwrap(), want);
+        }
+    }
+}

@@ -41,12 +41,10 @@ pub fn check_key(key: &str) -> Result<(), String> {
 
 /// Validates every key and returns the files to write. A key that is both a file and a directory
 /// (`a` and `a/b`) is an error naming both.
-pub fn layout(kv: &BTreeMap<&str, &[u8]>) -> Result<BTreeMap<String, Bytes>, String> {
-    let mut out = BTreeMap::new();
-    for (k, v) in kv {
-        check_key(k)?;
-        out.insert(k.to_string(), Bytes::copy_from_slice(v));
-    }
+pub fn layout<'a>(kv: impl IntoIterator<Item = (&'a str, Bytes)>) -> Result<BTreeMap<String, Bytes>, String> {
+    // Keys usually arrive sorted (from a sorted map), which lets the map be built in one pass.
+    let out: BTreeMap<String, Bytes> =
+        kv.into_iter().map(|(k, v)| check_key(k).map(|()| (k.to_string(), v))).collect::<Result<_, String>>()?;
     // In sorted order, `a` comes right before `a/...` (only `a` + chars below '/' can sit between).
     let mut prev: Option<&String> = None;
     for k in out.keys() {
@@ -96,9 +94,8 @@ mod tests {
 
     #[test]
     fn file_and_directory_conflict() {
-        let kv: BTreeMap<&str, &[u8]> =
-            [("a", b"1".as_slice()), ("a.b", b"2".as_slice()), ("a/c", b"3".as_slice())].into();
-        let err = layout(&kv).unwrap_err();
+        let kv = [("a", Bytes::from("1")), ("a.b", Bytes::from("2")), ("a/c", Bytes::from("3"))];
+        let err = layout(kv).unwrap_err();
         assert!(err.contains("`a` is both a file and a directory"), "{err}");
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod env;
 pub mod files;
+pub mod json;
 pub mod nest;
 pub mod properties;
 
@@ -22,16 +23,6 @@ pub enum Rendered {
     Tree(BTreeMap<String, bytes::Bytes>),
 }
 
-impl Rendered {
-    /// The total number of bytes rendered.
-    pub fn size(&self) -> u64 {
-        match self {
-            Rendered::File(b) => b.len() as u64,
-            Rendered::Tree(t) => t.values().map(|v| v.len() as u64).sum(),
-        }
-    }
-}
-
 /// Renders `inputs` in `format`. `single` tells templates whether the output had one input.
 pub fn render(format: &Format, inputs: &[InputData<'_>], single: bool) -> Result<Rendered, String> {
     let first = || inputs.first().expect("every output has an input");
@@ -39,12 +30,9 @@ pub fn render(format: &Format, inputs: &[InputData<'_>], single: bool) -> Result
         Format::Template(t) => t.render(inputs, single).map(|s| Rendered::File(s.into_bytes())),
         Format::Json => {
             let kv = &first().kv;
-            require_utf8(kv)?;
-            let tree = nest::build(kv)?;
-            // Serialized straight from the borrowed tree: no intermediate document in memory.
+            let tree = json_tree(kv)?;
             let mut out = Vec::with_capacity(kv.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>() + 16);
-            serde_json::to_writer_pretty(&mut out, &Dir(&tree)).map_err(|e| e.to_string())?;
-            out.push(b'\n');
+            json::write(&tree, &mut out).map_err(|e| e.to_string())?;
             Ok(Rendered::File(out))
         }
         Format::Yaml => {
@@ -60,7 +48,9 @@ pub fn render(format: &Format, inputs: &[InputData<'_>], single: bool) -> Result
         }
         Format::Env { upcase } => env::render(&first().kv, *upcase).map(Rendered::File),
         Format::Properties => properties::render(&first().kv).map(Rendered::File),
-        Format::Files => files::layout(&first().kv).map(Rendered::Tree),
+        Format::Files => {
+            files::layout(first().kv.iter().map(|(k, v)| (*k, bytes::Bytes::copy_from_slice(v)))).map(Rendered::Tree)
+        }
         Format::Raw { key } => {
             // The raw output's prefix is the key itself, so the key is the empty relative key.
             let v =
@@ -68,6 +58,13 @@ pub fn render(format: &Format, inputs: &[InputData<'_>], single: bool) -> Result
             Ok(Rendered::File(v.to_vec()))
         }
     }
+}
+
+/// The nested form of a `json` output's keys, checked: every value is UTF-8 and no key is both a
+/// value and a folder. `json::write` turns it into bytes.
+pub fn json_tree<'a>(kv: &BTreeMap<&'a str, &'a [u8]>) -> Result<BTreeMap<&'a str, nest::Node<'a>>, String> {
+    require_utf8(kv)?;
+    nest::build(kv)
 }
 
 /// Values that must be text are checked first, so the error can name the key.
