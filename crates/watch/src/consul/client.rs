@@ -32,6 +32,10 @@ use crate::stats::SourceStats;
 
 /// How long a TCP connect plus TLS and HTTP handshakes may take, per address.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most a Content-Length header may make the client reserve up front (a larger body still
+/// arrives, growing the buffer as it does).
+const MAX_RESERVE: u64 = 1 << 30;
+
 /// How long the body of an answer may pause between two chunks before the connection counts as stalled.
 const BODY_IDLE: Duration = Duration::from_secs(10);
 /// Sent as `User-Agent`, so Consul's logs show who is asking.
@@ -354,7 +358,11 @@ impl Fetcher {
                 .get("x-consul-results-filtered-by-acls")
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
             let mut body = response.into_body();
-            let mut buf = BytesMut::new();
+            // Sized from Content-Length when the server sends one, so a large listing is received
+            // into one buffer instead of doubling (and copying) its way up. Reserving only takes
+            // address space; pages are used as the body arrives.
+            let announced = hyper::body::Body::size_hint(&body).exact().unwrap_or(0);
+            let mut buf = BytesMut::with_capacity(announced.min(MAX_RESERVE) as usize);
             loop {
                 match tokio::time::timeout(BODY_IDLE, body.frame()).await {
                     Err(_) => {
