@@ -356,6 +356,7 @@ fn walk(dir: &Path, rel: &str, depth: usize, max: usize, out: &mut Entries) -> R
         return Err(format!("{}: directories nested deeper than {MAX_DEPTH} (a symlink loop?)", dir.display()));
     }
     let rd = std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let mut files: Vec<(String, std::path::PathBuf)> = Vec::new();
     for ent in rd {
         let ent = ent.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
         let name = ent.file_name();
@@ -367,31 +368,64 @@ fn walk(dir: &Path, rel: &str, depth: usize, max: usize, out: &mut Entries) -> R
             continue;
         }
         let path = ent.path();
-        // Follow symlinks: a ConfigMap's visible entries link through `..data`.
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // dangling link or raced delete
-            Err(e) => return Err(format!("cannot stat {}: {e}", path.display())),
+        // The directory entry tells the type without a call, except for a symlink, which is followed:
+        // a ConfigMap's visible entries link through `..data`.
+        let file_type = match ent.file_type() {
+            Ok(t) if !t.is_symlink() => t,
+            _ => match std::fs::metadata(&path) {
+                Ok(m) => m.file_type(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // dangling link or raced delete
+                Err(e) => return Err(format!("cannot stat {}: {e}", path.display())),
+            },
         };
         let key = format!("{rel}{name}");
-        if meta.is_dir() {
+        if file_type.is_dir() {
             walk(&path, &format!("{key}/"), depth + 1, max, out)?;
-        } else if meta.is_file() {
-            if meta.len() as usize > max {
-                return Err(format!("{} is {} bytes, over the {max}-byte value limit", path.display(), meta.len()));
-            }
-            match std::fs::read(&path) {
-                Ok(data) => {
-                    out.insert(key, Bytes::from(data));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-            }
+        } else if file_type.is_file() {
+            files.push((key, path));
         } else {
             debug!(path = %path.display(), "skipping a special file");
         }
     }
+    // Reading is a few system calls per file; a large directory is read on every core.
+    let threads =
+        if files.len() < 512 { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) };
+    let chunk = files.len().div_ceil(threads).max(1);
+    let read: Vec<Result<Vec<(String, Bytes)>, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = files.chunks(chunk).map(|part| scope.spawn(move || read_files(part, max))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a reader thread panicked".into()))).collect()
+    });
+    for part in read {
+        out.extend(part?);
+    }
     Ok(())
+}
+
+/// Reads regular files (a file removed meanwhile is skipped); a file over `max` bytes is an error.
+fn read_files(files: &[(String, std::path::PathBuf)], max: usize) -> Result<Vec<(String, Bytes)>, String> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(files.len());
+    for (key, path) in files {
+        let f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let len = f.metadata().map_err(|e| format!("cannot stat {}: {e}", path.display()))?.len();
+        if len as usize > max {
+            return Err(format!("{} is {len} bytes, over the {max}-byte value limit", path.display()));
+        }
+        let mut data = Vec::with_capacity(len as usize);
+        // One byte more than the limit is enough to tell that a file grew past it while being read.
+        f.take((max as u64).saturating_add(1))
+            .read_to_end(&mut data)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if data.len() > max {
+            return Err(format!("{} is over the {max}-byte value limit", path.display()));
+        }
+        out.push((key.clone(), Bytes::from(data)));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -413,6 +447,26 @@ mod tests {
         let keys: Vec<_> = e.keys().cloned().collect();
         assert_eq!(keys, vec!["a.conf", "sub/b"]);
         assert_eq!(e["a.conf"], "A");
+    }
+
+    #[test]
+    fn a_large_directory_is_read_whole_on_several_threads() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("sub")).unwrap();
+        for i in 0..2000 {
+            fs::write(d.path().join(format!("k{i:04}")), format!("v{i}")).unwrap();
+        }
+        fs::write(d.path().join("sub/x"), "x").unwrap();
+        std::os::unix::fs::symlink("k0007", d.path().join("link")).unwrap();
+        let e = read_tree(d.path(), 1 << 20).unwrap();
+        assert_eq!(e.len(), 2002);
+        assert_eq!(e["k1999"], "v1999");
+        assert_eq!(e["sub/x"], "x");
+        assert_eq!(e["link"], "v7");
+        // A file over the limit among many is still an error naming it.
+        fs::write(d.path().join("k1234"), vec![b'x'; 100]).unwrap();
+        let err = read_tree(d.path(), 10).unwrap_err();
+        assert!(err.contains("k1234") && err.contains("10-byte"), "{err}");
     }
 
     #[test]
