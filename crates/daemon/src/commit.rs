@@ -221,8 +221,8 @@ pub struct TreeState {
     /// The generation `..data` points at, and its files.
     pub current: String,
     pub files: BTreeMap<String, Bytes>,
-    /// The previous generation, still on disk, and its files.
-    spare: Option<(String, BTreeMap<String, Bytes>)>,
+    /// The previous generation, still on disk.
+    spare: Option<Spare>,
     /// The mode every file was created with (a spare made with another mode is not reused).
     mode: u32,
     /// Whether the visible top-level links are known to match `files` (false for a state read from
@@ -230,6 +230,42 @@ pub struct TreeState {
     links_known: bool,
     /// A spare being made in the background when there was none (after the first commit).
     building: Option<SpareBuild>,
+}
+
+/// Changes to a set of files, sorted by key, each key once: the new bytes, or None for a removal.
+pub type Changes = Vec<(String, Option<Bytes>)>;
+
+/// A generation on disk that is not current: its name, its files, and the changes that would make
+/// it equal to the current generation (the ones the last commit applied).
+#[derive(Debug)]
+struct Spare {
+    name: String,
+    files: BTreeMap<String, Bytes>,
+    behind: Changes,
+}
+
+/// Applies `changes` to `files`.
+fn apply(files: &mut BTreeMap<String, Bytes>, changes: &Changes) {
+    for (k, v) in changes {
+        match v {
+            Some(v) => {
+                files.insert(k.clone(), v.clone());
+            }
+            None => {
+                files.remove(k);
+            }
+        }
+    }
+}
+
+/// The changes that turn `old` into `new`.
+#[cfg(test)]
+fn changes_between(old: &BTreeMap<String, Bytes>, new: &BTreeMap<String, Bytes>) -> Changes {
+    let (gone, write) = tree_diff(old, new);
+    let mut changes: Changes = gone.into_iter().map(|k| (k.to_string(), None)).collect();
+    changes.extend(write.into_iter().map(|(k, v)| (k.to_string(), Some(v.clone()))));
+    changes.sort_by(|a, b| a.0.cmp(&b.0));
+    changes
 }
 
 /// A copy of the current generation made of hard links, built off the render path so that the first
@@ -302,7 +338,7 @@ impl TreeState {
     #[cfg(test)]
     fn wait_spare(&mut self) {
         if let Some(build) = self.building.take() {
-            self.spare = build.finish().map(|name| (name, self.files.clone()));
+            self.spare = build.finish().map(|name| Spare { name, files: self.files.clone(), behind: Vec::new() });
         }
     }
 
@@ -420,16 +456,33 @@ fn sync_file_system(root: &Path) -> Result<(), CommitError> {
     ctx(rustix::fs::syncfs(&dir).map_err(io::Error::from), "cannot sync the file system of", root)
 }
 
-/// Prepares a new generation under `dest` (created if missing; its parent must exist) holding exactly
-/// `tree`. With a usable spare in `state` it is renamed and patched (O(change)); otherwise every file
-/// is written, or hard-linked from the current generation when its bytes did not change. Paths in
-/// `tree` are already validated (`format::files::check_key`).
+/// A generation staged on disk, not yet current, with the files it holds and the changes that made
+/// it from the current one.
+#[derive(Debug)]
+pub struct StagedGeneration {
+    generation: Generation,
+    pub tree: BTreeMap<String, Bytes>,
+    changes: Changes,
+}
+
+impl StagedGeneration {
+    /// The generation directory, for a check command.
+    pub fn path(&self) -> PathBuf {
+        self.generation.path()
+    }
+}
+
+/// Prepares a new generation under `dest` (created if missing; its parent must exist): the current
+/// files of `state` with `changes` applied (every file, as additions, when there is no state). With a
+/// usable spare it is renamed and patched, O(change); otherwise every file is written, or hard-linked
+/// from the current generation when its bytes did not change. Keys are already validated
+/// (`format::files`).
 pub fn stage_generation(
     dest: &Path,
-    tree: &BTreeMap<String, Bytes>,
     state: Option<&mut TreeState>,
+    changes: Changes,
     mode: u32,
-) -> Result<Generation, CommitError> {
+) -> Result<StagedGeneration, CommitError> {
     match fs::symlink_metadata(dest) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -447,28 +500,37 @@ pub fn stage_generation(
     if let Some(s) = state.as_deref_mut() {
         if let (None, Some(build)) = (&s.spare, s.building.take()) {
             // A build of the current generation's copy: wait for it (it started at the last commit).
-            s.spare = build.finish().map(|name| (name, s.files.clone()));
+            s.spare = build.finish().map(|name| Spare { name, files: s.files.clone(), behind: Vec::new() });
         }
     }
     // The spare is used once: whatever happens next, it is no longer where the state says.
-    if let Some((spare_name, spare_files)) = state.as_deref_mut().and_then(|s| s.spare.take()) {
+    if let Some(spare) = state.as_deref_mut().and_then(|s| s.spare.take()) {
         let usable = state.as_deref().is_some_and(|s| s.mode == mode);
-        if usable && fs::rename(dest.join(&spare_name), &root).is_ok() {
+        if usable && fs::rename(dest.join(&spare.name), &root).is_ok() {
             let generation = Generation { dest: dest.to_path_buf(), name, done: false };
             // The rename must be durable before `..data` may point at the new name.
             sync_dir(dest)?;
-            patch_generation(&root, &spare_files, tree, mode)?;
-            return Ok(generation);
+            let mut tree = spare.files;
+            apply(&mut tree, &spare.behind);
+            apply(&mut tree, &changes);
+            // What the spare lacks: the last commit's changes, then these.
+            let mut keys: Vec<&str> = spare.behind.iter().chain(&changes).map(|(k, _)| k.as_str()).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            patch_generation(&root, &keys, &tree, mode)?;
+            return Ok(StagedGeneration { generation, tree, changes });
         }
         // Made with another mode, or gone (removed by hand): write a whole generation instead.
-        let _ = fs::remove_dir_all(dest.join(&spare_name));
+        let _ = fs::remove_dir_all(dest.join(&spare.name));
     }
+    let mut tree = state.as_deref().map(|s| s.files.clone()).unwrap_or_default();
+    apply(&mut tree, &changes);
     ctx(fs::create_dir(&root), "cannot create generation directory", &root)?;
     let generation = Generation { dest: dest.to_path_buf(), name, done: false };
     let previous = state.as_deref().filter(|s| s.mode == mode);
     let old = previous.map(|s| dest.join(&s.current));
     let mut made: Option<PathBuf> = None;
-    for (key, value) in tree {
+    for (key, value) in &tree {
         let path = root.join(key);
         let parent = parent_of(&path);
         // Keys are sorted, so files of one directory come together: create each directory once.
@@ -488,28 +550,26 @@ pub fn stage_generation(
     // One syncfs for the whole generation instead of an fsync per file and directory: the same
     // durability before `..data` is swapped (it reports write-back errors since Linux 5.8).
     sync_file_system(&root)?;
-    Ok(generation)
+    Ok(StagedGeneration { generation, tree, changes })
 }
 
-/// Turns the directory `root`, which holds `had`, into one holding `want`: removes what went away,
-/// then unlinks and recreates what changed, then makes it durable.
-fn patch_generation(
-    root: &Path,
-    had: &BTreeMap<String, Bytes>,
-    want: &BTreeMap<String, Bytes>,
-    mode: u32,
-) -> Result<(), CommitError> {
-    let (gone, write) = tree_diff(had, want);
-    let fsync_each = gone.len() + write.len() <= FSYNC_EACH_MAX;
+/// Brings the directory `root` to hold `want` at each of `keys` (sorted): a key `want` lacks is
+/// removed, any other is unlinked if present and created anew; then makes it durable.
+fn patch_generation(root: &Path, keys: &[&str], want: &BTreeMap<String, Bytes>, mode: u32) -> Result<(), CommitError> {
+    let fsync_each = keys.len() <= FSYNC_EACH_MAX;
     let mut touched: Vec<PathBuf> = vec![root.to_path_buf()];
-    // Removed keys first (a removed `a/b` may leave room for a new file `a`), deepest first, then
-    // the directories they leave empty.
+    // Removals first (a removed `a/b` may leave room for a new file `a`), then the directories they
+    // leave empty, deepest first.
     let mut emptied: Vec<PathBuf> = Vec::new();
-    for key in gone.iter().rev() {
+    for key in keys.iter().filter(|k| !want.contains_key(**k)) {
         let path = root.join(key);
         match fs::remove_file(&path) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // Not in this generation (a key it never had; its parent may even be a file here).
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => continue,
+            // A directory where a file was expected: the key was a folder in the spare; it is
+            // emptied by the removals of its own keys.
+            Err(_) if path.is_dir() => continue,
             Err(e) => return Err(CommitError { action: "cannot remove", path, source: e }),
         }
         let mut dir = parent_of(&path).to_path_buf();
@@ -528,7 +588,7 @@ fn patch_generation(
             touched.push(parent_of(dir).to_path_buf());
         }
     }
-    for (key, value) in &write {
+    for (key, value) in keys.iter().filter_map(|k| want.get_key_value(*k)) {
         let path = root.join(key);
         let parent = parent_of(&path);
         if parent != root {
@@ -539,9 +599,11 @@ fn patch_generation(
                 dir = parent_of(&dir).to_path_buf();
             }
         }
-        if had.contains_key(*key) {
-            // Never written in place: the inode may be shared with the current generation.
-            ctx(fs::remove_file(&path), "cannot replace", &path)?;
+        // Never written in place: the inode may be shared with the current generation.
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(CommitError { action: "cannot replace", path, source: e }),
         }
         create_file(&path, value, mode, fsync_each)?;
     }
@@ -557,6 +619,7 @@ fn patch_generation(
     }
 }
 
+#[cfg(test)]
 /// The keys of `had` that `want` lacks (sorted), and the files of `want` that `had` lacks or holds
 /// with other bytes.
 fn tree_diff<'a>(
@@ -611,11 +674,11 @@ fn top_names(tree: &BTreeMap<String, Bytes>) -> Vec<&str> {
 /// link through `..data`. The generation it replaced is kept as the spare for the next commit; any
 /// other generation is removed. Returns what the destination now holds.
 pub fn commit_generation(
-    mut generation: Generation,
+    staged: StagedGeneration,
     previous: Option<TreeState>,
-    tree: BTreeMap<String, Bytes>,
     mode: u32,
 ) -> Result<TreeState, CommitError> {
+    let StagedGeneration { mut generation, tree, changes } = staged;
     let dest = generation.dest.clone();
     let tmp = dest.join(DATA_TMP);
     let _ = fs::remove_file(&tmp);
@@ -626,17 +689,12 @@ pub fn commit_generation(
     match previous.as_ref().filter(|p| p.links_known) {
         Some(p) => {
             // Only names that appeared or went away need a link made or removed.
-            let (gone, write) = tree_diff(&p.files, &tree);
-            for key in write.iter().map(|(k, _)| *k).filter(|k| !p.files.contains_key(*k)) {
+            for (key, value) in &changes {
                 let top = top_name(key);
-                if !has_top(&p.files, top) {
-                    ensure_link(&dest, top)?;
-                }
-            }
-            for key in gone {
-                let top = top_name(key);
-                if !has_top(&tree, top) {
-                    remove_link(&dest, top);
+                match value {
+                    Some(_) if !has_top(&p.files, top) => ensure_link(&dest, top)?,
+                    None if !has_top(&tree, top) => remove_link(&dest, top),
+                    _ => {}
                 }
             }
         }
@@ -670,7 +728,7 @@ pub fn commit_generation(
     // (one read back from disk has unknown modes); otherwise it goes, and a spare is made in the
     // background from the new generation.
     let spare = match previous {
-        Some(p) if p.mode == mode => Some((p.current, p.files)),
+        Some(p) if p.mode == mode => Some(Spare { name: p.current, files: p.files, behind: changes }),
         Some(p) => {
             let _ = fs::remove_dir_all(dest.join(&p.current));
             None
@@ -777,8 +835,14 @@ mod tests {
 
     /// Commits `t` on top of `state` the way an output does.
     fn commit(dest: &Path, t: &BTreeMap<String, Bytes>, mut state: Option<TreeState>) -> TreeState {
-        let g = stage_generation(dest, t, state.as_mut(), 0o640).unwrap();
-        commit_generation(g, state, t.clone(), 0o640).unwrap()
+        let g = stage(dest, t, state.as_mut());
+        assert_eq!(&g.tree, t);
+        commit_generation(g, state, 0o640).unwrap()
+    }
+
+    fn stage(dest: &Path, t: &BTreeMap<String, Bytes>, state: Option<&mut TreeState>) -> StagedGeneration {
+        let changes = changes_between(state.as_ref().map(|s| &s.files).unwrap_or(&BTreeMap::new()), t);
+        stage_generation(dest, state, changes, 0o640).unwrap()
     }
 
     fn names(dest: &Path) -> Vec<String> {
@@ -807,11 +871,11 @@ mod tests {
 
         let t2 = tree(&[("a.conf", "1"), ("c", "3")]);
         let mut s1 = Some(s1);
-        let g = stage_generation(&dest, &t2, s1.as_mut(), 0o640).unwrap();
+        let g = stage(&dest, &t2, s1.as_mut());
         // Unchanged files are hard links to the previous generation's.
         use std::os::unix::fs::MetadataExt;
         assert_eq!(fs::metadata(g.path().join("a.conf")).unwrap().nlink(), 2);
-        let s2 = commit_generation(g, s1, t2.clone(), 0o640).unwrap();
+        let s2 = commit_generation(g, s1, 0o640).unwrap();
         assert_eq!(fs::read_to_string(dest.join("c")).unwrap(), "3");
         assert!(!dest.join("sub").exists(), "removed keys disappear");
         assert_eq!(fs::metadata(dest.join("c")).unwrap().permissions().mode() & 0o777, 0o640);
@@ -872,7 +936,7 @@ mod tests {
         let s1 = commit(&dest, &t1, None);
         let mut s2 = Some(commit(&dest, &tree(&[("a", "2")]), Some(s1)));
         // A staged generation that is dropped (a check refused it) is removed with the spare it used.
-        let g = stage_generation(&dest, &tree(&[("a", "3")]), s2.as_mut(), 0o640).unwrap();
+        let g = stage(&dest, &tree(&[("a", "3")]), s2.as_mut());
         drop(g);
         assert_eq!(fs::read_to_string(dest.join("a")).unwrap(), "2");
         let gens: Vec<String> = names(&dest).into_iter().filter(|n| n.starts_with("..2")).collect();
@@ -897,9 +961,9 @@ mod tests {
         assert!(!dest.join("old").exists());
         // Instead, a spare is made from the new generation in the background.
         s.wait_spare();
-        let (spare, files) = s.spare.as_ref().expect("a spare was built");
-        assert_eq!(files, &s.files);
-        assert_eq!(fs::read_to_string(dest.join(spare).join("b")).unwrap(), "2");
+        let spare = s.spare.as_ref().expect("a spare was built");
+        assert_eq!(spare.files, s.files);
+        assert_eq!(fs::read_to_string(dest.join(&spare.name).join("b")).unwrap(), "2");
         let gens: Vec<String> = names(&dest).into_iter().filter(|n| n.starts_with("..2")).collect();
         assert_eq!(gens.len(), 2, "{gens:?}");
     }
@@ -931,6 +995,48 @@ mod tests {
             vec![DATA.to_string(), current.file_name().unwrap().to_string_lossy().into_owned(), "a".to_string()];
         want.sort();
         assert_eq!(names(&dest), want);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+
+        /// Any sequence of sets of files, committed one after the other, each reaches the disk
+        /// exactly: files flip to folders and back, folders empty and go, values change and return.
+        #[test]
+        fn any_sequence_of_commits_lands_exactly(
+            seq in proptest::collection::vec(
+                proptest::collection::btree_map(
+                    proptest::sample::select(vec!["a", "b", "a/x", "a/y", "b/z", "c/d/e", "c/f", "c", "d"]),
+                    proptest::sample::select(vec!["1", "2", "3"]),
+                    0..6,
+                ),
+                1..7,
+            )
+        ) {
+            let d = tempfile::tempdir().unwrap();
+            let dest = d.path().join("out");
+            let mut state: Option<TreeState> = None;
+            for t in seq {
+                let kv = t.iter().map(|(k, v)| (*k, Bytes::from(v.to_string())));
+                let Ok(t) = crate::format::files::layout(kv) else { continue };
+                let s = commit(&dest, &t, state.take());
+                proptest::prop_assert_eq!(visible(&dest), t.clone());
+                let mut want: Vec<String> = top_names(&t).iter().map(|n| n.to_string()).collect();
+                want.push(DATA.to_string());
+                let mut seen: Vec<String> = names(&dest).into_iter().filter(|n| !n.starts_with("..2")).collect();
+                want.sort();
+                seen.sort();
+                proptest::prop_assert_eq!(seen, want);
+                if let Some(spare) = &s.spare {
+                    // The spare holds what it says, once its pending changes are applied.
+                    let mut held = kvsync_watch::file::read_tree(&dest.join(&spare.name), usize::MAX).unwrap();
+                    proptest::prop_assert_eq!(&held, &spare.files);
+                    apply(&mut held, &spare.behind);
+                    proptest::prop_assert_eq!(held, t);
+                }
+                state = Some(s);
+            }
+        }
     }
 
     #[test]

@@ -248,15 +248,7 @@ impl OutputRuntime {
 
     fn render_commit_inner(&mut self, cfg: &OutputConfig, views: &[View], limits: &Limits) -> Result<Outcome, Failure> {
         if matches!(cfg.format, Format::Files) {
-            // Straight from the view into the tree of files: the values are shared, never copied.
-            let (input, view) = (&cfg.inputs[0], &views[0]);
-            let mut kv: Vec<(&str, Bytes)> = Vec::with_capacity(view.entries.len());
-            each_value(input, view, false, limits, |k, v| kv.push((k, v.clone())))?;
-            let tree = format::files::layout(kv).map_err(|e| Failure::new(FailureReason::Render, e))?;
-            if tree.values().map(|v| v.len() as u64).sum::<u64>() > limits.max_output_size {
-                return Err(output_size_failure(limits));
-            }
-            return self.commit_tree(cfg, tree);
+            return self.render_files(cfg, &views[0], limits);
         }
         let raw = matches!(cfg.format, Format::Raw { .. });
         // Every format but a template is a function of its keys and values alone: when they are
@@ -334,10 +326,13 @@ impl OutputRuntime {
         Ok(Outcome::Written)
     }
 
-    fn commit_tree(&mut self, cfg: &OutputConfig, tree: BTreeMap<String, Bytes>) -> Result<Outcome, Failure> {
+    /// `format: files`: compares the view with what the destination holds and commits only the
+    /// difference. Values go from the snapshot to the files without a copy.
+    fn render_files(&mut self, cfg: &OutputConfig, view: &View, limits: &Limits) -> Result<Outcome, Failure> {
+        let input = &cfg.inputs[0];
         let dest = &cfg.destination;
         let mode = cfg.perms.unwrap_or(commit::DEFAULT_MODE);
-        let mut state = match self.last.take() {
+        let state = match self.last.take() {
             Some(Last::Tree(t)) => Some(t),
             _ => {
                 // First render since start: remove generations an interrupted run left half-made.
@@ -345,18 +340,52 @@ impl OutputRuntime {
                 commit::TreeState::on_disk(dest, mode)
             }
         };
-        if let Some(s) = state.as_mut() {
-            let same = s.files.len() == tree.len()
-                && s.files.iter().zip(&tree).all(|((ka, va), (kb, vb))| ka == kb && commit::same_bytes(va, vb));
-            if same && commit::current_generation(dest).as_deref() == Some(s.current.as_str()) {
-                s.ensure_spare(dest);
-                self.last = state.map(Last::Tree);
-                return Ok(Outcome::Unchanged);
+        let render_failure = |e: String| Failure::new(FailureReason::Render, e);
+        let Some(mut state) = state else {
+            // Nothing on disk yet: every key is new.
+            let mut kv: Vec<(&str, Bytes)> = Vec::with_capacity(view.entries.len());
+            each_value(input, view, false, limits, |k, v| kv.push((k, v.clone())))?;
+            let tree = format::files::layout(kv).map_err(render_failure)?;
+            if tree.values().map(|v| v.len() as u64).sum::<u64>() > limits.max_output_size {
+                return Err(output_size_failure(limits));
             }
+            let changes = tree.into_iter().map(|(k, v)| (k, Some(v))).collect();
+            return self.commit_files(cfg, None, changes, mode);
+        };
+        let diffed = diff_files(&state.files, input, view, limits).and_then(|(changes, size)| {
+            format::files::check_changes(&state.files, &changes).map_err(render_failure)?;
+            if size > limits.max_output_size {
+                return Err(output_size_failure(limits));
+            }
+            Ok(changes)
+        });
+        let changes = match diffed {
+            Ok(c) => c,
+            Err(f) => {
+                self.last = Some(Last::Tree(state));
+                return Err(f);
+            }
+        };
+        if changes.is_empty() && commit::current_generation(dest).as_deref() == Some(state.current.as_str()) {
+            state.ensure_spare(dest);
+            self.last = Some(Last::Tree(state));
+            return Ok(Outcome::Unchanged);
         }
-        commit::check_parent(dest).map_err(write_failure)?;
-        let staged =
-            commit::stage_generation(dest, &tree, state.as_mut(), mode).map_err(write_failure).and_then(|generation| {
+        self.commit_files(cfg, Some(state), changes, mode)
+    }
+
+    fn commit_files(
+        &mut self,
+        cfg: &OutputConfig,
+        mut state: Option<commit::TreeState>,
+        changes: commit::Changes,
+        mode: u32,
+    ) -> Result<Outcome, Failure> {
+        let dest = &cfg.destination;
+        let staged = commit::check_parent(dest)
+            .map_err(write_failure)
+            .and_then(|()| commit::stage_generation(dest, state.as_mut(), changes, mode).map_err(write_failure))
+            .and_then(|generation| {
                 if let Some(check) = &cfg.check {
                     crate::check::run(check, &generation.path()).map_err(check_failure)?;
                 }
@@ -371,10 +400,36 @@ impl OutputRuntime {
             }
         };
         // Once the swap is attempted the state is only known again by reading the disk.
-        let committed = commit::commit_generation(generation, state, tree, mode).map_err(write_failure)?;
+        let committed = commit::commit_generation(generation, state, mode).map_err(write_failure)?;
         self.last = Some(Last::Tree(committed));
         Ok(Outcome::Written)
     }
+}
+
+/// The changes that turn `files` into the keys and values `view` renders (limits checked on the
+/// way), and the total size of those values. A walk over both sorted lists: unchanged values share
+/// their allocation, so nothing is copied and only changed values are compared byte by byte.
+fn diff_files(
+    files: &BTreeMap<String, Bytes>,
+    input: &crate::config::InputConfig,
+    view: &View,
+    limits: &Limits,
+) -> Result<(commit::Changes, u64), Failure> {
+    let mut old = files.iter().peekable();
+    let mut changes = commit::Changes::new();
+    let mut size = 0u64;
+    each_value(input, view, false, limits, |k, v| {
+        size += v.len() as u64;
+        while let Some((gone, _)) = old.next_if(|(o, _)| o.as_str() < k) {
+            changes.push((gone.clone(), None));
+        }
+        match old.next_if(|(o, _)| o.as_str() == k) {
+            Some((_, was)) if commit::same_bytes(was, v) => {}
+            _ => changes.push((k.to_string(), Some(v.clone()))),
+        }
+    })?;
+    changes.extend(old.map(|(gone, _)| (gone.clone(), None)));
+    Ok((changes, size))
 }
 
 /// Calls `f` with every key (relative to the input's prefix) and value of `view` that an output
