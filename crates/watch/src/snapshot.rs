@@ -60,16 +60,32 @@ impl Diff {
     /// The difference between two full states.
     pub fn between(old: &Entries, new: &Entries) -> Diff {
         let mut diff = Diff::default();
-        for (k, v) in new {
-            match old.get(k) {
-                None => diff.added.push(k.clone()),
-                Some(o) if o != v => diff.modified.push(k.clone()),
-                Some(_) => {}
-            }
-        }
-        for k in old.keys() {
-            if !new.contains_key(k) {
-                diff.removed.push(k.clone());
+        // Both maps are sorted: one walk over the two. Unchanged values usually share their
+        // allocation, which settles them without comparing bytes.
+        let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
+        loop {
+            match (o.peek(), n.peek()) {
+                (None, None) => break,
+                (Some((ko, _)), Some((kn, _))) if ko < kn => {
+                    diff.removed.push((*ko).clone());
+                    o.next();
+                }
+                (Some((ko, vo)), Some((kn, vn))) if ko == kn => {
+                    let same = (vo.as_ptr() == vn.as_ptr() && vo.len() == vn.len()) || vo == vn;
+                    if !same {
+                        diff.modified.push((*kn).clone());
+                    }
+                    o.next();
+                    n.next();
+                }
+                (_, Some((kn, _))) => {
+                    diff.added.push((*kn).clone());
+                    n.next();
+                }
+                (Some((ko, _)), None) => {
+                    diff.removed.push((*ko).clone());
+                    o.next();
+                }
             }
         }
         diff

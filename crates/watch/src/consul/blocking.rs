@@ -13,7 +13,8 @@
 //!   reaped, another cluster behind the address): start over from index 0 and deliver what is there
 //!   as a resync, so keys deleted meanwhile disappear.
 //! - A higher index may or may not change the listing (indexes are shared with unrelated keys for an
-//!   empty prefix); the body's SHA-256 decides whether there is anything to deliver.
+//!   empty prefix); the listing decides whether there is anything to deliver: the same keys at the
+//!   same ModifyIndex are the same listing (see `listing::Previous`).
 //! - A 404 is an empty prefix, and still carries an index to block on: the loop keeps blocking and
 //!   sees the first key when it is written. (A 404 without `X-Consul-Index` is not Consul's: it is
 //!   reported as an error, never delivered as an empty prefix.)
@@ -33,7 +34,6 @@ use super::failure::Failure;
 use super::listing::{self, ListingError};
 use super::rate::TokenBucket;
 use super::LoopContext;
-use crate::hash;
 use crate::snapshot::{Change, Entries, Update};
 use crate::source::SourceError;
 use crate::stats::ErrorKind;
@@ -92,8 +92,10 @@ pub(crate) async fn run(ctx: LoopContext) -> Result<(), SourceError> {
     let mut index = 0u64;
     // The next delivery restarts the version sequence (after a reset).
     let mut resync = false;
-    // SHA-256 of the last delivered body: an answer with the same body changes nothing.
-    let mut delivered: Option<[u8; 32]> = None;
+    // Whether a listing has been delivered: an answer with the same listing (the same keys at the
+    // same ModifyIndex) changes nothing after that.
+    let mut delivered = false;
+    let mut previous = listing::Previous::default();
     loop {
         tokio::select! {
             biased;
@@ -146,6 +148,7 @@ pub(crate) async fn run(ctx: LoopContext) -> Result<(), SourceError> {
                 );
                 ctx.succeeded(&mut backoff, response.index.unwrap_or(1));
                 stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                previous.clear();
                 index = 0;
                 resync = true;
                 continue;
@@ -153,16 +156,24 @@ pub(crate) async fn run(ctx: LoopContext) -> Result<(), SourceError> {
             Step::Advanced(new) => new,
         };
         ctx.succeeded(&mut backoff, new);
-        let body: &[u8] = if response.status == StatusCode::NOT_FOUND { b"" } else { &response.body };
-        let digest = hash::of_bytes(body);
-        if delivered == Some(digest) && !resync {
-            index = new;
-            continue;
-        }
         let entries = if response.status == StatusCode::NOT_FOUND {
-            Ok(Entries::new())
+            let was_empty = previous.set_empty();
+            Ok(listing::Decoded { entries: Entries::new(), unchanged: was_empty })
         } else {
-            listing::decode(&ctx.prefix, body, ctx.settings.max_value_bytes, ctx.settings.max_keys)
+            listing::decode(
+                &ctx.prefix,
+                &response.body,
+                ctx.settings.max_value_bytes,
+                ctx.settings.max_keys,
+                &mut previous,
+            )
+        };
+        let entries = match entries {
+            Ok(d) if d.unchanged && delivered && !resync => {
+                index = new;
+                continue;
+            }
+            other => other.map(|d| d.entries),
         };
         match entries {
             Ok(entries) => {
@@ -175,7 +186,7 @@ pub(crate) async fn run(ctx: LoopContext) -> Result<(), SourceError> {
                 if resync {
                     info!(source = ctx.sink.name(), prefix = %ctx.prefix, index = new, "consul: prefix re-read after the index reset");
                 }
-                delivered = Some(digest);
+                delivered = true;
                 resync = false;
             }
             Err(error @ (ListingError::TooLarge { .. } | ListingError::TooMany { .. })) => {

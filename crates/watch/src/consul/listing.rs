@@ -11,13 +11,47 @@ use serde::Deserialize;
 
 use crate::snapshot::Entries;
 
-/// One element of the array; the fields a listing needs (the rest are ignored).
+/// One element of the array; the fields a listing needs (the rest are ignored). The base64 value is
+/// borrowed from the body (it has no escapes), not copied.
 #[derive(Deserialize)]
-struct KvPair {
+struct KvPair<'a> {
     #[serde(rename = "Key")]
     key: String,
-    #[serde(rename = "Value", default)]
-    value: Option<String>,
+    #[serde(rename = "Value", default, borrow)]
+    value: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "ModifyIndex", default)]
+    modify_index: u64,
+}
+
+/// What the last listing of a prefix held: each key with its ModifyIndex and value, in key order.
+/// Consul answers every change with the whole prefix; a key whose ModifyIndex did not move has the
+/// same value, so the next listing reuses it (no base64 decoding, no new allocation, and the
+/// unchanged value stays the same allocation all the way to the files).
+#[derive(Debug, Default)]
+pub(crate) struct Previous {
+    items: Vec<(String, u64, Bytes)>,
+}
+
+impl Previous {
+    /// Forgets the last listing (after an index reset, ModifyIndex values may belong to another history).
+    pub(crate) fn clear(&mut self) {
+        self.items = Vec::new();
+    }
+
+    /// Records an empty listing (a 404); whether the last one was empty too.
+    pub(crate) fn set_empty(&mut self) -> bool {
+        let was = self.items.is_empty();
+        self.clear();
+        was
+    }
+}
+
+/// A decoded listing, and whether it is the same as the previous one: the same keys, each with the
+/// same ModifyIndex.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub entries: Entries,
+    pub unchanged: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -53,21 +87,37 @@ impl std::fmt::Display for ListingError {
 /// The array is decoded element by element straight into the entries (no intermediate vector of
 /// every element), and once `max_keys` entries are held the rest are only counted: a prefix far over
 /// the limit costs its body, not a map of all its keys.
+/// Values of keys whose ModifyIndex is the one in `previous` are reused from it; on success
+/// `previous` becomes this listing.
 pub(crate) fn decode(
     prefix: &str,
     body: &[u8],
     max_value_bytes: usize,
     max_keys: usize,
-) -> Result<Entries, ListingError> {
+    previous: &mut Previous,
+) -> Result<Decoded, ListingError> {
     let mut limit_error = None;
-    let seed = Collect { prefix, max_value_bytes, max_keys, error: &mut limit_error };
+    let mut next = Vec::new();
+    let mut reused = 0usize;
+    let seed = Collect {
+        prefix,
+        max_value_bytes,
+        max_keys,
+        error: &mut limit_error,
+        previous: &previous.items,
+        next: &mut next,
+        reused: &mut reused,
+    };
     let mut de = serde_json::Deserializer::from_slice(body);
     let result = serde::de::DeserializeSeed::deserialize(seed, &mut de).and_then(|entries| de.end().map(|()| entries));
     // A limit error stops the parse through serde's error path; report the limit, not the parse.
     if let Some(e) = limit_error {
         return Err(e);
     }
-    result.map_err(|e| ListingError::Malformed(format!("not a Consul KV listing (JSON array): {e}")))
+    let entries = result.map_err(|e| ListingError::Malformed(format!("not a Consul KV listing (JSON array): {e}")))?;
+    let unchanged = reused == next.len() && next.len() == previous.items.len();
+    previous.items = next;
+    Ok(Decoded { entries, unchanged })
 }
 
 /// Decodes the array into entries, applying the limits as it goes.
@@ -77,6 +127,11 @@ struct Collect<'a> {
     max_keys: usize,
     /// Where a limit or base64 error is left (serde's own error type carries only text).
     error: &'a mut Option<ListingError>,
+    /// The last listing, and this one as it is decoded.
+    previous: &'a [(String, u64, Bytes)],
+    next: &'a mut Vec<(String, u64, Bytes)>,
+    /// How many values came from the previous listing.
+    reused: &'a mut usize,
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for Collect<'_> {
@@ -96,8 +151,12 @@ impl<'de> serde::de::Visitor<'de> for Collect<'_> {
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Entries, A::Error> {
         use serde::de::Error as _;
-        let mut entries = Entries::new();
+        // Collected in key order, then built into the map in one pass (inserting one by one costs a
+        // search per key).
+        let mut entries: Vec<(String, Bytes)> = Vec::new();
         let mut count = 0usize;
+        // Both listings are sorted by key, so the previous one is walked alongside.
+        let mut cursor = 0usize;
         while let Some(pair) = seq.next_element::<KvPair>()? {
             if pair.key.ends_with('/') {
                 continue; // a folder marker
@@ -111,10 +170,23 @@ impl<'de> serde::de::Visitor<'de> for Collect<'_> {
             if count > self.max_keys {
                 continue; // over the limit: only counted, so that the message gives the size
             }
-            let value = match pair.value {
-                None => Bytes::new(),
-                Some(b64) => {
-                    let raw = match base64::engine::general_purpose::STANDARD.decode(&b64) {
+            while self.previous.get(cursor).is_some_and(|(k, _, _)| *k < pair.key) {
+                cursor += 1;
+            }
+            let unchanged = match self.previous.get(cursor) {
+                Some((k, index, v)) if *k == pair.key && *index == pair.modify_index && pair.modify_index != 0 => {
+                    Some(v.clone())
+                }
+                _ => None,
+            };
+            let value = match (unchanged, pair.value) {
+                (Some(v), _) => {
+                    *self.reused += 1;
+                    v
+                }
+                (None, None) => Bytes::new(),
+                (None, Some(b64)) => {
+                    let raw = match base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()) {
                         Ok(raw) => raw,
                         Err(e) => {
                             *self.error = Some(ListingError::Malformed(format!(
@@ -135,13 +207,14 @@ impl<'de> serde::de::Visitor<'de> for Collect<'_> {
                     Bytes::from(raw)
                 }
             };
-            entries.insert(pair.key, value);
+            self.next.push((pair.key.clone(), pair.modify_index, value.clone()));
+            entries.push((pair.key, value));
         }
         if count > self.max_keys {
             *self.error = Some(ListingError::TooMany { count, limit: self.max_keys });
             return Err(A::Error::custom("stopped"));
         }
-        Ok(entries)
+        Ok(entries.into_iter().collect())
     }
 }
 
@@ -157,7 +230,7 @@ mod tests {
             {"LockIndex":0,"Key":"app/empty","Flags":0,"Value":null,"CreateIndex":7,"ModifyIndex":7},
             {"LockIndex":1,"Key":"app/locked","Flags":42,"Value":"eA==","Session":"abc","CreateIndex":8,"ModifyIndex":8}
         ]"#;
-        let e = decode("app/", body, 1024, 100).unwrap();
+        let e = decode("app/", body, 1024, 100, &mut Previous::default()).unwrap().entries;
         let keys: Vec<_> = e.keys().map(String::as_str).collect();
         assert_eq!(keys, ["app/db/host", "app/empty", "app/locked"]);
         assert_eq!(e["app/db/host"], "db.internal");
@@ -166,29 +239,60 @@ mod tests {
     }
 
     #[test]
+    fn values_of_keys_whose_modify_index_did_not_move_are_reused() {
+        let mut prev = Previous::default();
+        let first = br#"[{"Key":"a/x","Value":"MQ==","ModifyIndex":5},{"Key":"a/y","Value":"Mg==","ModifyIndex":6}]"#;
+        let d1 = decode("a/", first, 100, 100, &mut prev).unwrap();
+        assert!(!d1.unchanged, "nothing came before");
+        let e1 = d1.entries;
+        assert!(decode("a/", first, 100, 100, &mut prev).unwrap().unchanged, "the same keys and indexes");
+        // `a/x` unchanged (same index); `a/y` rewritten; `a/w` new. The body's value for `a/x` is
+        // deliberately different: a reused value is not decoded again.
+        let second = br#"[{"Key":"a/w","Value":"MA==","ModifyIndex":9},{"Key":"a/x","Value":"OQ==","ModifyIndex":5},{"Key":"a/y","Value":"Mw==","ModifyIndex":8}]"#;
+        let d2 = decode("a/", second, 100, 100, &mut prev).unwrap();
+        assert!(!d2.unchanged);
+        let e2 = d2.entries;
+        assert_eq!(e2["a/x"], "1");
+        assert_eq!(e2["a/x"].as_ptr(), e1["a/x"].as_ptr(), "the same allocation");
+        assert_eq!(e2["a/y"], "3");
+        assert_eq!(e2["a/w"], "0");
+        // A failed decode leaves the previous listing; clearing it decodes every value.
+        assert!(decode("a/", b"[{", 100, 100, &mut prev).is_err());
+        prev.clear();
+        assert_eq!(decode("a/", second, 100, 100, &mut prev).unwrap().entries["a/x"], "9");
+        // A listing with a key fewer is a change even if every value left is reused.
+        let fewer = br#"[{"Key":"a/x","Value":"OQ==","ModifyIndex":5}]"#;
+        assert!(!decode("a/", fewer, 100, 100, &mut prev).unwrap().unchanged);
+        assert!(!prev.set_empty() && prev.set_empty());
+    }
+
+    #[test]
     fn oversized_value_names_the_key() {
         let body = br#"[{"Key":"app/big","Value":"eHh4eHh4eHh4eA=="}]"#; // 10 bytes
-        let err = decode("app/", body, 4, 100).unwrap_err();
+        let err = decode("app/", body, 4, 100, &mut Previous::default()).unwrap_err();
         assert_eq!(err, ListingError::TooLarge { key: "app/big".into(), size: 10, limit: 4 });
         assert!(err.to_string().contains("`app/big`") && err.to_string().contains("4-byte"));
-        assert!(decode("app/", body, 10, 100).is_ok());
+        assert!(decode("app/", body, 10, 100, &mut Previous::default()).is_ok());
     }
 
     #[test]
     fn too_many_keys_are_counted_and_refused() {
         let body = br#"[{"Key":"app/","Value":null},{"Key":"app/a","Value":"eA=="},{"Key":"app/b","Value":null},{"Key":"app/c","Value":null}]"#;
         // The folder marker does not count; three keys against a limit of two.
-        assert_eq!(decode("app/", body, 10, 2).unwrap_err(), ListingError::TooMany { count: 3, limit: 2 });
-        assert_eq!(decode("app/", body, 10, 3).unwrap().len(), 3);
+        assert_eq!(
+            decode("app/", body, 10, 2, &mut Previous::default()).unwrap_err(),
+            ListingError::TooMany { count: 3, limit: 2 }
+        );
+        assert_eq!(decode("app/", body, 10, 3, &mut Previous::default()).unwrap().entries.len(), 3);
         let msg = ListingError::TooMany { count: 3, limit: 2 }.to_string();
         assert!(msg.contains("3 keys") && msg.contains("max_keys"), "{msg}");
     }
 
     #[test]
     fn malformed_bodies_are_errors() {
-        assert!(matches!(decode("", b"<html>", 10, 100), Err(ListingError::Malformed(_))));
-        let err = decode("", br#"[{"Key":"k","Value":"!!"}]"#, 10, 100).unwrap_err();
+        assert!(matches!(decode("", b"<html>", 10, 100, &mut Previous::default()), Err(ListingError::Malformed(_))));
+        let err = decode("", br#"[{"Key":"k","Value":"!!"}]"#, 10, 100, &mut Previous::default()).unwrap_err();
         assert!(err.to_string().contains("`k`"), "{err}");
-        assert!(decode("", b"[]", 10, 100).unwrap().is_empty());
+        assert!(decode("", b"[]", 10, 100, &mut Previous::default()).unwrap().entries.is_empty());
     }
 }

@@ -30,6 +30,7 @@ pub(crate) async fn run(ctx: LoopContext, interval: Duration) -> Result<(), Sour
     let query = kv_query(&ctx.prefix, ctx.settings.stale, ctx.settings.datacenter.as_deref(), None);
     // SHA-256 of the last delivered answer (status included: a 404 differs from any listing).
     let mut delivered: Option<[u8; 32]> = None;
+    let mut previous = listing::Previous::default();
     // The index of the last delivered answer: one lower than it is delivered as a resync.
     let mut version = 0u64;
     loop {
@@ -49,9 +50,21 @@ pub(crate) async fn run(ctx: LoopContext, interval: Duration) -> Result<(), Sour
                 if delivered == Some(digest) {
                     None
                 } else {
+                    if index < version {
+                        // The index went backwards: ModifyIndex values may belong to another history.
+                        previous.clear();
+                    }
                     let entries = if found {
-                        listing::decode(&ctx.prefix, &r.body, ctx.settings.max_value_bytes, ctx.settings.max_keys)
+                        listing::decode(
+                            &ctx.prefix,
+                            &r.body,
+                            ctx.settings.max_value_bytes,
+                            ctx.settings.max_keys,
+                            &mut previous,
+                        )
+                        .map(|d| d.entries)
                     } else {
+                        previous.clear();
                         Ok(Entries::new())
                     };
                     match entries {
