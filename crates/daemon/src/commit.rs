@@ -523,8 +523,15 @@ pub fn stage_generation(
         // Made with another mode, or gone (removed by hand): write a whole generation instead.
         let _ = fs::remove_dir_all(dest.join(&spare.name));
     }
-    let mut tree = state.as_deref().map(|s| s.files.clone()).unwrap_or_default();
-    apply(&mut tree, &changes);
+    let (tree, changes) = match state.as_deref() {
+        Some(s) => {
+            let mut tree = s.files.clone();
+            apply(&mut tree, &changes);
+            (tree, changes)
+        }
+        // Nothing before: the changes are every file (and no spare will need them).
+        None => (changes.into_iter().filter_map(|(k, v)| Some((k, v?))).collect(), Changes::new()),
+    };
     ctx(fs::create_dir(&root), "cannot create generation directory", &root)?;
     let generation = Generation { dest: dest.to_path_buf(), name, done: false };
     let previous = state.as_deref().filter(|s| s.mode == mode);

@@ -168,6 +168,9 @@ pub(crate) async fn run(ctx: LoopContext) -> Result<(), SourceError> {
                 &mut previous,
             )
         };
+        // The body can be as large as the prefix: it goes before the entries are handed on.
+        let address = response.address;
+        drop(response.body);
         let entries = match entries {
             Ok(d) if d.unchanged && delivered && !resync => {
                 index = new;
@@ -196,7 +199,7 @@ pub(crate) async fn run(ctx: LoopContext) -> Result<(), SourceError> {
                 stats.error(ErrorKind::Other, message);
             }
             Err(ListingError::Malformed(error)) => {
-                let failure = Failure::Malformed { address: response.address, error };
+                let failure = Failure::Malformed { address, error };
                 if !ctx.recover(failure, &mut backoff).await? {
                     return Ok(());
                 }

@@ -67,6 +67,9 @@ pub(crate) async fn run(ctx: LoopContext, interval: Duration) -> Result<(), Sour
                         previous.clear();
                         Ok(Entries::new())
                     };
+                    // The body can be as large as the prefix: it goes before the entries are handed on.
+                    let address = r.address;
+                    drop(r.body);
                     match entries {
                         Ok(entries) => {
                             let resync = delivered.is_some() && index < version;
@@ -90,7 +93,7 @@ pub(crate) async fn run(ctx: LoopContext, interval: Duration) -> Result<(), Sour
                             stats.error(ErrorKind::Other, message);
                             None
                         }
-                        Err(ListingError::Malformed(error)) => Some(Failure::Malformed { address: r.address, error }),
+                        Err(ListingError::Malformed(error)) => Some(Failure::Malformed { address, error }),
                     }
                 }
             }
