@@ -15,15 +15,44 @@ pub struct DestWatcher {
 /// Watches `file`'s directory; each time `file` is replaced or written, reads it and records every
 /// sequence number it carries as seen (`max_only`: only the highest, for multi-key files).
 pub fn watch(file: &Path, recorder: Arc<Recorder>, max_only: bool) -> anyhow::Result<DestWatcher> {
+    watch_inner(file, recorder, max_only, None)
+}
+
+/// Like `watch`, reading only the first `bytes` of the file each time: enough where the marker sits
+/// at the head of a large file (a new version replaces the file whole, so its head is new too).
+pub fn watch_head(file: &Path, recorder: Arc<Recorder>, bytes: u64) -> anyhow::Result<DestWatcher> {
+    watch_inner(file, recorder, false, Some(bytes))
+}
+
+fn read(file: &Path, head: Option<u64>) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    match head {
+        None => std::fs::read(file),
+        Some(n) => {
+            let mut data = Vec::new();
+            std::fs::File::open(file)?.take(n).read_to_end(&mut data)?;
+            Ok(data)
+        }
+    }
+}
+
+fn watch_inner(file: &Path, recorder: Arc<Recorder>, max_only: bool, head: Option<u64>) -> anyhow::Result<DestWatcher> {
     let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
     let file: PathBuf = file.to_path_buf();
+    let name = file.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     let mut last: Vec<u8> = Vec::new();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         let Ok(ev) = ev else { return };
         if matches!(ev.kind, notify::EventKind::Access(_)) {
             return;
         }
-        let Ok(data) = std::fs::read(&file) else { return };
+        // Only events about the file itself (or the `..data` link it resolves through): the writes
+        // to a staged temp file beside it are not new versions.
+        let ours = |p: &PathBuf| p.file_name().is_some_and(|n| n == name || n == "..data");
+        if !ev.paths.is_empty() && !ev.paths.iter().any(ours) {
+            return;
+        }
+        let Ok(data) = read(&file, head) else { return };
         if data == last {
             return;
         }

@@ -32,7 +32,7 @@ pub async fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     }
     if args.wants("scale") {
         eprintln!("consul: scale ...");
-        report.scale.push(scale(&c).await?);
+        report.scale.extend(scale(&c).await?);
     }
     if args.wants("idle") {
         for mode in ["watch", "poll"] {
@@ -165,40 +165,57 @@ async fn burst(c: &Counts) -> anyhow::Result<BurstRow> {
     })
 }
 
-async fn scale(c: &Counts) -> anyhow::Result<ScaleRow> {
+async fn scale(c: &Counts) -> anyhow::Result<Vec<ScaleRow>> {
     let server = ConsulServer::start().await?;
-    let mut raw = 0u64;
     for i in 0..c.scale_keys {
-        let size = 100 + (i * 7919) % 925;
-        let key = format!("bench/k{i:06}");
-        raw += (size + key.len() - "bench/".len()) as u64;
-        server.put(&key, vec![b'v'; size]);
+        let (key, size) = super::scale::key(i);
+        server.put(&format!("bench/{key}"), vec![b'v'; size]);
     }
-    let dir = tempfile::tempdir()?;
-    let out = out_dir(dir.path())?.join("app.json");
-    let cfg = write_config(
-        dir.path(),
-        &source(&server.url(), "watch"),
-        &format!(
-            "  - {{ name: app, source: c, prefix: bench/, format: json, destination: {} }}\nlimits: {{ max_keys: 2000000 }}\n",
-            out.display()
-        ),
-    )?;
-    let (k, synced) = tokio::task::block_in_place(|| Kvsync::start_rendered(&cfg, dir.path(), T))?;
-    let rec = Arc::new(Recorder::default());
-    let _w = dest::watch(&out, Arc::clone(&rec), false)?;
-    server.put("bench/k000001", value(1, 200));
-    rec.ack(1, Instant::now());
-    tokio::task::block_in_place(|| wait_for("one change at scale", T, || rec.has_seen(1)))?;
-    Ok(ScaleRow {
-        backend: "consul".into(),
-        format: "json".into(),
-        keys: c.scale_keys,
-        raw_bytes: raw,
-        initial_sync: synced - k.started,
-        peak_rss: procstat::peak_rss(k.pid()),
-        one_change: rec.latencies().first().copied().unwrap_or_default(),
-    })
+    let mut rows = Vec::new();
+    for format in super::scale::FORMATS {
+        eprintln!("consul: scale ({format}) ...");
+        let dir = tempfile::tempdir()?;
+        let (cfg, dest) = super::scale::config(dir.path(), &source(&server.url(), "watch"), "c", format)?;
+        let mut row = tokio::task::block_in_place(|| {
+            let (k, synced) = Kvsync::start_rendered(&cfg, dir.path(), T)?;
+            super::scale::measure("consul", format, c.scale_keys, &k, synced, &dest, |key, v| {
+                server.put(&format!("bench/{key}"), v);
+                Ok(Instant::now())
+            })
+        })?;
+        // kvsync has stopped: the backend alone, with the machine to itself.
+        row.backend_floor = Some(listing_floor(&server).await?);
+        rows.push(row);
+        super::scale::keep(dir);
+    }
+    Ok(rows)
+}
+
+/// What any Consul watcher of the prefix pays per change at this size: from a write to a waiting
+/// blocking query's answer (the whole listing, since Consul sends every key under the prefix)
+/// received whole, without decoding it.
+async fn listing_floor(server: &ConsulServer) -> anyhow::Result<Duration> {
+    let stream = tokio::net::TcpStream::connect(server.addr()).await?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let get = |index: u64| {
+        hyper::Request::get(format!("/v1/kv/bench/?recurse&index={index}&wait=60s"))
+            .header("host", server.addr().to_string())
+            .body(Empty::<bytes::Bytes>::new())
+    };
+    let first = send.send_request(get(0)?).await?;
+    let index: u64 =
+        first.headers().get("x-consul-index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    first.into_body().collect().await?;
+    send.ready().await?;
+    let waiting = send.send_request(get(index)?);
+    let (answer, at) = tokio::join!(waiting, async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        server.put(&format!("bench/{}", super::scale::CHANGED_KEY), value(0, 200));
+        Instant::now()
+    });
+    answer?.into_body().collect().await?;
+    Ok(at.elapsed())
 }
 
 async fn idle(c: &Counts, mode: &str) -> anyhow::Result<IdleRow> {

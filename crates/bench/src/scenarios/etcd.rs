@@ -245,7 +245,6 @@ async fn burst(c: &Counts) -> anyhow::Result<BurstRow> {
 /// them with a `json` and then a `files` output.
 async fn scale(c: &Counts) -> anyhow::Result<Vec<ScaleRow>> {
     let etcd = EtcdServer::start().await?;
-    let client = etcd.client().await?;
     let writers = 8;
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..writers {
@@ -253,9 +252,8 @@ async fn scale(c: &Counts) -> anyhow::Result<Vec<ScaleRow>> {
         let keys = c.scale_keys;
         tasks.spawn(async move {
             for i in (w..keys).step_by(writers) {
-                // 100 bytes to 1 KiB, deterministic; no "seq=" marker so the changed key is the only one.
-                let size = 100 + (i * 7919) % 925;
-                cl.put(&format!("bench/k{i:06}"), vec![b'v'; size]).await?;
+                let (key, size) = super::scale::key(i);
+                cl.put(&format!("bench/{key}"), vec![b'v'; size]).await?;
             }
             anyhow::Ok(())
         });
@@ -263,39 +261,21 @@ async fn scale(c: &Counts) -> anyhow::Result<Vec<ScaleRow>> {
     while let Some(r) = tasks.join_next().await {
         r??;
     }
-    let raw: u64 = (0..c.scale_keys).map(|i| (100 + (i * 7919) % 925 + format!("k{i:06}").len()) as u64).sum();
-
     let mut rows = Vec::new();
-    for (seq, format) in [(1u64, "json"), (2, "files")] {
+    for format in super::scale::FORMATS {
         eprintln!("etcd: scale ({format}) ...");
         let dir = tempfile::tempdir()?;
-        let out = out_dir(dir.path())?;
-        let dest = if format == "files" { out.join("files") } else { out.join("app.json") };
-        let cfg = write_config(
-            dir.path(),
-            &source(&etcd.endpoint(), "watch"),
-            &format!(
-                "  - {{ name: app, source: e, prefix: bench/, format: {format}, destination: {} }}\nlimits: {{ max_keys: 2000000 }}\n",
-                dest.display()
-            ),
-        )?;
-        let (k, synced) = tokio::task::block_in_place(|| Kvsync::start_rendered(&cfg, dir.path(), T))?;
-        let rec = Arc::new(Recorder::default());
-        // `files`: the visible entry links through `..data`; its directory sees the `..data` flip.
-        let watched = if format == "files" { dest.join("k000001") } else { dest.clone() };
-        let _w = dest::watch(&watched, Arc::clone(&rec), false)?;
-        client.put("bench/k000001", value(seq, 200)).await?;
-        rec.ack(seq, Instant::now());
-        tokio::task::block_in_place(|| wait_for("one change at scale", T, || rec.has_seen(seq)))?;
-        rows.push(ScaleRow {
-            backend: "etcd".into(),
-            format: format.into(),
-            keys: c.scale_keys,
-            raw_bytes: raw,
-            initial_sync: synced - k.started,
-            peak_rss: procstat::peak_rss(k.pid()),
-            one_change: rec.latencies().first().copied().unwrap_or_default(),
-        });
+        let (cfg, dest) = super::scale::config(dir.path(), &source(&etcd.endpoint(), "watch"), "e", format)?;
+        let client = etcd.client().await?;
+        let handle = tokio::runtime::Handle::current();
+        rows.push(tokio::task::block_in_place(|| {
+            let (k, synced) = Kvsync::start_rendered(&cfg, dir.path(), T)?;
+            super::scale::measure("etcd", format, c.scale_keys, &k, synced, &dest, |key, v| {
+                handle.block_on(client.put(&format!("bench/{key}"), v))?;
+                Ok(Instant::now())
+            })
+        })?);
+        super::scale::keep(dir);
     }
     Ok(rows)
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{pace, wait_for, write_config, Counts};
+use super::{pace, scale, wait_for, write_config, Counts};
 use crate::dest;
 use crate::kvsync_proc::Kvsync;
 use crate::measure::{value, Recorder};
@@ -35,7 +35,7 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         report.burst.push(burst(&c)?);
     }
     if args.wants("scale") {
-        for format in ["json", "files"] {
+        for format in scale::FORMATS {
             eprintln!("file: scale ({format}) ...");
             report.scale.push(scale(&c, format)?);
         }
@@ -135,41 +135,17 @@ fn burst(c: &Counts) -> anyhow::Result<BurstRow> {
 fn scale(c: &Counts, format: &str) -> anyhow::Result<ScaleRow> {
     let dir = setup(&["bench"])?;
     let kv = dir.path().join("kv");
-    let mut raw = 0u64;
     for i in 0..c.scale_keys {
-        // 100 bytes to 1 KiB, deterministic; no "seq=" marker so the changed key is the only one.
-        let size = 100 + (i * 7919) % 925;
-        let key = format!("k{i:06}");
-        raw += (size + key.len()) as u64;
+        let (key, size) = scale::key(i);
         fs::write(kv.join("bench").join(&key), vec![b'v'; size])?;
     }
-    let dest = if format == "files" { dir.path().join("out/files") } else { dir.path().join("out/app.json") };
-    let cfg = write_config(
-        dir.path(),
-        &source(dir.path()),
-        &format!(
-            "  - {{ name: app, source: local, prefix: bench/, format: {format}, destination: {} }}\nlimits: {{ max_keys: 2000000 }}\n",
-            dest.display()
-        ),
-    )?;
+    let (cfg, dest) = scale::config(dir.path(), &source(dir.path()), "local", format)?;
     let (k, synced) = Kvsync::start_rendered(&cfg, dir.path(), T)?;
-    let initial_sync = synced - k.started;
-    let peak = procstat::peak_rss(k.pid());
-    let rec = Arc::new(Recorder::default());
-    let watched = if format == "files" { dest.join("k000001") } else { dest.clone() };
-    let _w = dest::watch(&watched, Arc::clone(&rec), false)?;
-    let at = put(&kv, "bench/k000001", &value(1, 200))?;
-    rec.ack(1, at);
-    wait_for("one change at scale", T, || rec.has_seen(1))?;
-    Ok(ScaleRow {
-        backend: "file".into(),
-        format: format.into(),
-        keys: c.scale_keys,
-        raw_bytes: raw,
-        initial_sync,
-        peak_rss: peak.max(procstat::peak_rss(k.pid())),
-        one_change: rec.latencies().first().copied().unwrap_or_default(),
-    })
+    let row =
+        scale::measure("file", format, c.scale_keys, &k, synced, &dest, |key, v| put(&kv, &format!("bench/{key}"), &v));
+    drop(k);
+    scale::keep(dir);
+    row
 }
 
 fn idle(c: &Counts) -> anyhow::Result<IdleRow> {

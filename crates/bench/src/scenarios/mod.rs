@@ -3,6 +3,9 @@
 mod consul;
 mod etcd;
 mod file;
+mod scale;
+
+pub use scale::CHANGES as SCALE_CHANGES;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -22,6 +25,7 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
     if args.backend("consul") {
         consul::run(args, &mut report).await?;
     }
+    scale::release();
     Ok(report)
 }
 
