@@ -140,15 +140,17 @@ pub enum Outcome {
 enum Last {
     /// A template's output, by its SHA-256.
     Hash([u8; 32]),
-    /// Any other single-file format, by the inputs it was rendered from (prefix and entries).
-    Inputs(Vec<(String, Arc<Entries>)>),
+    /// Any other single-file format, by the inputs it was rendered from (prefix and entries), and the
+    /// SHA-256 of its output when it was rendered in memory (two inputs may give the same bytes:
+    /// `a/b` and `a.b` are one property).
+    Inputs(Vec<(String, Arc<Entries>)>, Option<[u8; 32]>),
     /// `files`: what the destination's generations hold.
     Tree(commit::TreeState),
 }
 
 impl Last {
-    fn inputs(views: &[View]) -> Last {
-        Last::Inputs(views.iter().map(|v| (v.prefix.clone(), Arc::clone(&v.entries))).collect())
+    fn inputs(views: &[View], hash: Option<[u8; 32]>) -> Last {
+        Last::Inputs(views.iter().map(|v| (v.prefix.clone(), Arc::clone(&v.entries))).collect(), hash)
     }
 }
 
@@ -254,7 +256,7 @@ impl OutputRuntime {
         // Every format but a template is a function of its keys and values alone: when they are
         // what the last commit rendered, so is the output, and nothing needs rendering.
         let pure = !matches!(cfg.format, Format::Template(_));
-        if let (true, Some(Last::Inputs(prev))) = (pure, &self.last) {
+        if let (true, Some(Last::Inputs(prev, _))) = (pure, &self.last) {
             if same_inputs(prev, views, raw) {
                 return Ok(Outcome::Unchanged);
             }
@@ -286,7 +288,7 @@ impl OutputRuntime {
             if over.get() {
                 return Err(output_size_failure(limits));
             }
-            (staged.map_err(write_failure)?, Last::inputs(views))
+            (staged.map_err(write_failure)?, Last::inputs(views, None))
         } else {
             let bytes = match format::render(&cfg.format, &inputs, cfg.single).map_err(render_failure)? {
                 Rendered::File(bytes) => bytes,
@@ -295,20 +297,18 @@ impl OutputRuntime {
             if bytes.len() as u64 > limits.max_output_size {
                 return Err(output_size_failure(limits));
             }
-            let last = if pure {
-                Last::inputs(views)
-            } else {
-                let hash: [u8; 32] = Sha256::digest(&bytes).into();
-                let same = match &self.last {
-                    Some(Last::Hash(h)) => *h == hash,
-                    _ => std::fs::read(dest).is_ok_and(|old| old == bytes),
-                };
-                if same {
-                    self.last = Some(Last::Hash(hash));
-                    return Ok(Outcome::Unchanged);
-                }
-                Last::Hash(hash)
+            let hash: [u8; 32] = Sha256::digest(&bytes).into();
+            let same = match &self.last {
+                Some(Last::Hash(h)) | Some(Last::Inputs(_, Some(h))) => *h == hash,
+                // First render since start (a pure format compares the staged file below).
+                None if !pure => std::fs::read(dest).is_ok_and(|old| old == bytes),
+                _ => false,
             };
+            let last = if pure { Last::inputs(views, Some(hash)) } else { Last::Hash(hash) };
+            if same {
+                self.last = Some(last);
+                return Ok(Outcome::Unchanged);
+            }
             let mode = prepare(cfg)?;
             (commit::stage_file(dest, &bytes, mode).map_err(write_failure)?, last)
         };
@@ -520,4 +520,55 @@ fn write_failure(e: impl ToString) -> Failure {
 
 fn check_failure(e: crate::check::CheckError) -> Failure {
     Failure { reason: FailureReason::Check, detail: e.to_string(), summary: e.summary }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn view(entries: &[(&str, &str)]) -> View {
+        View {
+            source: "s".into(),
+            prefix: "p/".into(),
+            version: 1,
+            entries: Arc::new(entries.iter().map(|(k, v)| (format!("p/{k}"), Bytes::from(v.to_string()))).collect()),
+            received: Instant::now(),
+            stale: false,
+        }
+    }
+
+    fn config(dir: &std::path::Path, format: &str) -> Config {
+        let text = format!(
+            "sources:\n  - {{ name: s, type: file, path: {d} }}\noutputs:\n  - {{ name: o, source: s, prefix: p/, format: {format}, destination: {d}/out }}\n",
+            d = dir.display()
+        );
+        Config::parse(&dir.join("kvsync.yaml"), &text).unwrap()
+    }
+
+    #[test]
+    fn the_same_inputs_are_not_rendered_again_and_the_same_bytes_not_rewritten() {
+        let d = tempfile::tempdir().unwrap();
+        let stats = OutputStats::default();
+        let cfg = config(d.path(), "json");
+        let (o, limits) = (&cfg.outputs[0], &cfg.limits);
+        let mut rt = OutputRuntime::new();
+        assert_eq!(rt.render_commit(o, &[view(&[("a", "1")])], limits, &stats), Ok(Outcome::Written));
+        // A new snapshot with the same values (and a folder marker, which renders nothing).
+        let v2 = view(&[("a", "1"), ("dir/", "")]);
+        assert_eq!(rt.render_commit(o, &[v2], limits, &stats), Ok(Outcome::Unchanged));
+        assert_eq!(rt.render_commit(o, &[view(&[("a", "2")])], limits, &stats), Ok(Outcome::Written));
+        assert_eq!(std::fs::read_to_string(d.path().join("out")).unwrap(), "{\n  \"a\": \"2\"\n}\n");
+
+        // Two different sets of keys that render the same properties file: not rewritten.
+        let cfg = config(d.path(), "properties");
+        let (o, limits) = (&cfg.outputs[0], &cfg.limits);
+        let mut rt = OutputRuntime::new();
+        assert_eq!(rt.render_commit(o, &[view(&[("a/b", "1")])], limits, &stats), Ok(Outcome::Written));
+        assert_eq!(rt.render_commit(o, &[view(&[("a.b", "1")])], limits, &stats), Ok(Outcome::Unchanged));
+
+        // A fresh runtime (a restart) finds the file already right.
+        let mut rt = OutputRuntime::new();
+        assert_eq!(rt.render_commit(o, &[view(&[("a.b", "1")])], limits, &stats), Ok(Outcome::Unchanged));
+    }
 }
