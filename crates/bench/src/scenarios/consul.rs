@@ -131,8 +131,8 @@ async fn latency(c: &Counts, mode: &str) -> anyhow::Result<LatencyRow> {
 
 async fn burst(c: &Counts) -> anyhow::Result<BurstRow> {
     let server = ConsulServer::start().await?;
-    for i in 0..c.burst_keys {
-        server.put(&format!("bench/k{i:05}"), "init");
+    for key in super::burst::keys(c) {
+        server.put(&key, "init");
     }
     let dir = tempfile::tempdir()?;
     let out = out_dir(dir.path())?.join("app.json");
@@ -141,27 +141,12 @@ async fn burst(c: &Counts) -> anyhow::Result<BurstRow> {
         &source(&server.url(), "watch"),
         &format!("  - {{ name: app, source: c, prefix: bench/, format: json, destination: {} }}\n", out.display()),
     )?;
-    let (k, _) = tokio::task::block_in_place(|| Kvsync::start_rendered(&cfg, dir.path(), T))?;
-    let writes_before = k.writes();
-    let rec = Arc::new(Recorder::default());
-    let _w = dest::watch(&out, Arc::clone(&rec), true)?;
-    let n = c.burst_changes as u64;
-    let start = Instant::now();
-    for seq in 1..=n {
-        server.put(&format!("bench/k{:05}", seq as usize % c.burst_keys), value(seq, 100));
-    }
-    let last_ack = Instant::now();
-    rec.ack(n, last_ack);
-    tokio::task::block_in_place(|| wait_for("the final state on disk", T, || rec.has_seen(n)))?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    Ok(BurstRow {
-        backend: "consul".into(),
-        changes: n as usize,
-        keys: c.burst_keys,
-        write_time: last_ack - start,
-        final_after: rec.latencies().first().copied().unwrap_or_default(),
-        renders: k.writes() - writes_before,
-        peak_rss: procstat::peak_rss(k.pid()),
+    tokio::task::block_in_place(|| {
+        let (k, _) = Kvsync::start_rendered(&cfg, dir.path(), T)?;
+        super::burst::measure("consul", c, &k, &out, |key, v| {
+            server.put(key, v);
+            Ok(Instant::now())
+        })
     })
 }
 

@@ -209,35 +209,20 @@ async fn latency(c: &Counts, mode: &str) -> anyhow::Result<LatencyRow> {
 async fn burst(c: &Counts) -> anyhow::Result<BurstRow> {
     let etcd = EtcdServer::start().await?;
     let client = etcd.client().await?;
-    for i in 0..c.burst_keys {
-        client.put(&format!("bench/k{i:05}"), "init").await?;
+    for key in super::burst::keys(c) {
+        client.put(&key, "init").await?;
     }
     let dir = tempfile::tempdir()?;
     let out = out_dir(dir.path())?.join("app.json");
     let cfg = write_config(dir.path(), &source(&etcd.endpoint(), "watch"), &json_output("bench/", &out))?;
-    let (k, _) = tokio::task::block_in_place(|| Kvsync::start_rendered(&cfg, dir.path(), T))?;
-    let writes_before = k.writes();
-    let rec = Arc::new(Recorder::default());
-    let _w = dest::watch(&out, Arc::clone(&rec), true)?;
-    let n = c.burst_changes as u64;
+    let handle = tokio::runtime::Handle::current();
     // One client, one put after the other: as fast as etcd acknowledges them.
-    let start = Instant::now();
-    for seq in 1..=n {
-        client.put(&format!("bench/k{:05}", seq as usize % c.burst_keys), value(seq, 100)).await?;
-    }
-    let last_ack = Instant::now();
-    rec.ack(n, last_ack);
-    tokio::task::block_in_place(|| wait_for("the final state on disk", T, || rec.has_seen(n)))?;
-    // Lets a render that was still in flight reach the log before counting.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    Ok(BurstRow {
-        backend: "etcd".into(),
-        changes: n as usize,
-        keys: c.burst_keys,
-        write_time: last_ack - start,
-        final_after: rec.latencies().first().copied().unwrap_or_default(),
-        renders: k.writes() - writes_before,
-        peak_rss: procstat::peak_rss(k.pid()),
+    tokio::task::block_in_place(|| {
+        let (k, _) = Kvsync::start_rendered(&cfg, dir.path(), T)?;
+        super::burst::measure("etcd", c, &k, &out, |key, v| {
+            handle.block_on(client.put(key, v))?;
+            Ok(Instant::now())
+        })
     })
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{pace, scale, wait_for, write_config, Counts};
+use super::{burst, pace, scale, wait_for, write_config, Counts};
 use crate::dest;
 use crate::kvsync_proc::Kvsync;
 use crate::measure::{value, Recorder};
@@ -97,8 +97,8 @@ fn latency(c: &Counts) -> anyhow::Result<LatencyRow> {
 fn burst(c: &Counts) -> anyhow::Result<BurstRow> {
     let dir = setup(&["bench"])?;
     let kv = dir.path().join("kv");
-    for i in 0..c.burst_keys {
-        put(&kv, &format!("bench/k{i:05}"), b"init")?;
+    for key in burst::keys(c) {
+        put(&kv, &key, b"init")?;
     }
     let out = dir.path().join("out/app.json");
     let cfg = write_config(
@@ -107,29 +107,7 @@ fn burst(c: &Counts) -> anyhow::Result<BurstRow> {
         &format!("  - {{ name: app, source: local, prefix: bench/, format: json, destination: {} }}\n", out.display()),
     )?;
     let (k, _) = Kvsync::start_rendered(&cfg, dir.path(), T)?;
-    let writes_before = k.writes();
-    let rec = Arc::new(Recorder::default());
-    let _w = dest::watch(&out, Arc::clone(&rec), true)?;
-    let start = Instant::now();
-    let n = c.burst_changes as u64;
-    let mut last_ack = start;
-    for seq in 1..=n {
-        last_ack = put(&kv, &format!("bench/k{:05}", seq as usize % c.burst_keys), &value(seq, 100))?;
-    }
-    rec.ack(n, last_ack);
-    let write_time = last_ack - start;
-    wait_for("the final state on disk", T, || rec.has_seen(n))?;
-    let final_after = rec.latencies().first().copied().unwrap_or_default();
-    std::thread::sleep(Duration::from_millis(200));
-    Ok(BurstRow {
-        backend: "file".into(),
-        changes: n as usize,
-        keys: c.burst_keys,
-        write_time,
-        final_after,
-        renders: k.writes() - writes_before,
-        peak_rss: procstat::peak_rss(k.pid()),
-    })
+    burst::measure("file", c, &k, &out, |key, v| put(&kv, key, &v))
 }
 
 fn scale(c: &Counts, format: &str) -> anyhow::Result<ScaleRow> {

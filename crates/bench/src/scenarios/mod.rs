@@ -1,5 +1,6 @@
 //! The scenarios, per backend. Each starts its own backend and its own kvsync process.
 
+mod burst;
 mod consul;
 mod etcd;
 mod file;
