@@ -13,8 +13,8 @@
 //!   reaped, another cluster behind the address): start over from index 0 and deliver what is there
 //!   as a resync, so keys deleted meanwhile disappear.
 //! - A higher index may or may not change the listing (indexes are shared with unrelated keys for an
-//!   empty prefix); the listing decides whether there is anything to deliver: the same keys at the
-//!   same ModifyIndex are the same listing (see `listing::Previous`).
+//!   empty prefix); the listing decides whether there is anything to deliver: the same keys with the
+//!   same values are the same listing (see `listing::Previous`).
 //! - A 404 is an empty prefix, and still carries an index to block on: the loop keeps blocking and
 //!   sees the first key when it is written. (A 404 without `X-Consul-Index` is not Consul's: it is
 //!   reported as an error, never delivered as an empty prefix.)
@@ -92,8 +92,8 @@ pub(crate) async fn run(ctx: LoopContext) -> Result<(), SourceError> {
     let mut index = 0u64;
     // The next delivery restarts the version sequence (after a reset).
     let mut resync = false;
-    // Whether a listing has been delivered: an answer with the same listing (the same keys at the
-    // same ModifyIndex) changes nothing after that.
+    // Whether a listing has been delivered: an answer with the same listing (the same keys with the
+    // same values) changes nothing after that.
     let mut delivered = false;
     let mut previous = listing::Previous::default();
     loop {
@@ -148,7 +148,6 @@ pub(crate) async fn run(ctx: LoopContext) -> Result<(), SourceError> {
                 );
                 ctx.succeeded(&mut backoff, response.index.unwrap_or(1));
                 stats.resyncs.fetch_add(1, Ordering::Relaxed);
-                previous.clear();
                 index = 0;
                 resync = true;
                 continue;

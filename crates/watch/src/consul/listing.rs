@@ -19,21 +19,21 @@ struct KvPair<'a> {
     key: String,
     #[serde(rename = "Value", default, borrow)]
     value: Option<std::borrow::Cow<'a, str>>,
-    #[serde(rename = "ModifyIndex", default)]
-    modify_index: u64,
 }
 
-/// What the last listing of a prefix held: each key with its ModifyIndex and value, in key order.
-/// Consul answers every change with the whole prefix; a key whose ModifyIndex did not move has the
-/// same value, so the next listing reuses it (no base64 decoding, no new allocation, and the
-/// unchanged value stays the same allocation all the way to the files).
+/// What the last listing of a prefix held: each key and its value, in key order. Consul answers
+/// every change with the whole prefix; a value decoded to the same bytes as before is not kept a
+/// second time: the listing reuses the previous one (no new allocation, and the unchanged value stays
+/// the same allocation all the way to the output, where it is then settled by pointer). Values are
+/// compared, not their ModifyIndex: two clusters (a restored snapshot, another cluster behind the
+/// address) can give one key the same index with different values.
 #[derive(Debug, Default)]
 pub(crate) struct Previous {
-    items: Vec<(String, u64, Bytes)>,
+    items: Vec<(String, Bytes)>,
 }
 
 impl Previous {
-    /// Forgets the last listing (after an index reset, ModifyIndex values may belong to another history).
+    /// Forgets the last listing.
     pub(crate) fn clear(&mut self) {
         self.items = Vec::new();
     }
@@ -46,8 +46,7 @@ impl Previous {
     }
 }
 
-/// A decoded listing, and whether it is the same as the previous one: the same keys, each with the
-/// same ModifyIndex.
+/// A decoded listing, and whether it is the same as the previous one: the same keys and values.
 #[derive(Debug)]
 pub(crate) struct Decoded {
     pub entries: Entries,
@@ -87,8 +86,8 @@ impl std::fmt::Display for ListingError {
 /// The array is decoded element by element straight into the entries (no intermediate vector of
 /// every element), and once `max_keys` entries are held the rest are only counted: a prefix far over
 /// the limit costs its body, not a map of all its keys.
-/// Values of keys whose ModifyIndex is the one in `previous` are reused from it; on success
-/// `previous` becomes this listing.
+/// Values equal to the ones in `previous` are reused from it; on success `previous` becomes this
+/// listing.
 pub(crate) fn decode(
     prefix: &str,
     body: &[u8],
@@ -128,8 +127,8 @@ struct Collect<'a> {
     /// Where a limit or base64 error is left (serde's own error type carries only text).
     error: &'a mut Option<ListingError>,
     /// The last listing, and this one as it is decoded.
-    previous: &'a [(String, u64, Bytes)],
-    next: &'a mut Vec<(String, u64, Bytes)>,
+    previous: &'a [(String, Bytes)],
+    next: &'a mut Vec<(String, Bytes)>,
     /// How many values came from the previous listing.
     reused: &'a mut usize,
 }
@@ -157,6 +156,8 @@ impl<'de> serde::de::Visitor<'de> for Collect<'_> {
         let mut count = 0usize;
         // Both listings are sorted by key, so the previous one is walked alongside.
         let mut cursor = 0usize;
+        // Each value is decoded here first, and copied out only when it differs from the last listing's.
+        let mut scratch: Vec<u8> = Vec::new();
         while let Some(pair) = seq.next_element::<KvPair>()? {
             if pair.key.ends_with('/') {
                 continue; // a folder marker
@@ -170,44 +171,31 @@ impl<'de> serde::de::Visitor<'de> for Collect<'_> {
             if count > self.max_keys {
                 continue; // over the limit: only counted, so that the message gives the size
             }
-            while self.previous.get(cursor).is_some_and(|(k, _, _)| *k < pair.key) {
+            while self.previous.get(cursor).is_some_and(|(k, _)| *k < pair.key) {
                 cursor += 1;
             }
-            let unchanged = match self.previous.get(cursor) {
-                Some((k, index, v)) if *k == pair.key && *index == pair.modify_index && pair.modify_index != 0 => {
-                    Some(v.clone())
+            let before = self.previous.get(cursor).filter(|(k, _)| *k == pair.key).map(|(_, v)| v);
+            scratch.clear();
+            if let Some(b64) = &pair.value {
+                if let Err(e) = base64::engine::general_purpose::STANDARD.decode_vec(b64.as_bytes(), &mut scratch) {
+                    *self.error =
+                        Some(ListingError::Malformed(format!("the value of key `{}` is not base64: {e}", pair.key)));
+                    return Err(A::Error::custom("stopped"));
                 }
-                _ => None,
-            };
-            let value = match (unchanged, pair.value) {
-                (Some(v), _) => {
+            }
+            if scratch.len() > self.max_value_bytes {
+                *self.error =
+                    Some(ListingError::TooLarge { key: pair.key, size: scratch.len(), limit: self.max_value_bytes });
+                return Err(A::Error::custom("stopped"));
+            }
+            let value = match before {
+                Some(v) if v[..] == scratch[..] => {
                     *self.reused += 1;
-                    v
+                    v.clone()
                 }
-                (None, None) => Bytes::new(),
-                (None, Some(b64)) => {
-                    let raw = match base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()) {
-                        Ok(raw) => raw,
-                        Err(e) => {
-                            *self.error = Some(ListingError::Malformed(format!(
-                                "the value of key `{}` is not base64: {e}",
-                                pair.key
-                            )));
-                            return Err(A::Error::custom("stopped"));
-                        }
-                    };
-                    if raw.len() > self.max_value_bytes {
-                        *self.error = Some(ListingError::TooLarge {
-                            key: pair.key,
-                            size: raw.len(),
-                            limit: self.max_value_bytes,
-                        });
-                        return Err(A::Error::custom("stopped"));
-                    }
-                    Bytes::from(raw)
-                }
+                _ => Bytes::copy_from_slice(&scratch),
             };
-            self.next.push((pair.key.clone(), pair.modify_index, value.clone()));
+            self.next.push((pair.key.clone(), value.clone()));
             entries.push((pair.key, value));
         }
         if count > self.max_keys {
@@ -239,16 +227,15 @@ mod tests {
     }
 
     #[test]
-    fn values_of_keys_whose_modify_index_did_not_move_are_reused() {
+    fn values_that_did_not_change_are_reused() {
         let mut prev = Previous::default();
         let first = br#"[{"Key":"a/x","Value":"MQ==","ModifyIndex":5},{"Key":"a/y","Value":"Mg==","ModifyIndex":6}]"#;
         let d1 = decode("a/", first, 100, 100, &mut prev).unwrap();
         assert!(!d1.unchanged, "nothing came before");
         let e1 = d1.entries;
-        assert!(decode("a/", first, 100, 100, &mut prev).unwrap().unchanged, "the same keys and indexes");
-        // `a/x` unchanged (same index); `a/y` rewritten; `a/w` new. The body's value for `a/x` is
-        // deliberately different: a reused value is not decoded again.
-        let second = br#"[{"Key":"a/w","Value":"MA==","ModifyIndex":9},{"Key":"a/x","Value":"OQ==","ModifyIndex":5},{"Key":"a/y","Value":"Mw==","ModifyIndex":8}]"#;
+        assert!(decode("a/", first, 100, 100, &mut prev).unwrap().unchanged, "the same keys and values");
+        // `a/x` unchanged, `a/y` rewritten, `a/w` new.
+        let second = br#"[{"Key":"a/w","Value":"MA==","ModifyIndex":9},{"Key":"a/x","Value":"MQ==","ModifyIndex":5},{"Key":"a/y","Value":"Mw==","ModifyIndex":8}]"#;
         let d2 = decode("a/", second, 100, 100, &mut prev).unwrap();
         assert!(!d2.unchanged);
         let e2 = d2.entries;
@@ -256,10 +243,14 @@ mod tests {
         assert_eq!(e2["a/x"].as_ptr(), e1["a/x"].as_ptr(), "the same allocation");
         assert_eq!(e2["a/y"], "3");
         assert_eq!(e2["a/w"], "0");
-        // A failed decode leaves the previous listing; clearing it decodes every value.
+        // The same ModifyIndex with another value (another cluster's history): the value counts.
+        let other = br#"[{"Key":"a/w","Value":"MA==","ModifyIndex":9},{"Key":"a/x","Value":"OQ==","ModifyIndex":5},{"Key":"a/y","Value":"Mw==","ModifyIndex":8}]"#;
+        let d3 = decode("a/", other, 100, 100, &mut prev).unwrap();
+        assert!(!d3.unchanged);
+        assert_eq!(d3.entries["a/x"], "9");
+        // A failed decode leaves the previous listing.
         assert!(decode("a/", b"[{", 100, 100, &mut prev).is_err());
-        prev.clear();
-        assert_eq!(decode("a/", second, 100, 100, &mut prev).unwrap().entries["a/x"], "9");
+        assert!(decode("a/", other, 100, 100, &mut prev).unwrap().unchanged);
         // A listing with a key fewer is a change even if every value left is reused.
         let fewer = br#"[{"Key":"a/x","Value":"OQ==","ModifyIndex":5}]"#;
         assert!(!decode("a/", fewer, 100, 100, &mut prev).unwrap().unchanged);

@@ -50,10 +50,6 @@ pub(crate) async fn run(ctx: LoopContext, interval: Duration) -> Result<(), Sour
                 if delivered == Some(digest) {
                     None
                 } else {
-                    if index < version {
-                        // The index went backwards: ModifyIndex values may belong to another history.
-                        previous.clear();
-                    }
                     let entries = if found {
                         listing::decode(
                             &ctx.prefix,
