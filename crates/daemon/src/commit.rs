@@ -678,12 +678,14 @@ fn top_names(tree: &BTreeMap<String, Bytes>) -> Vec<&str> {
 }
 
 /// Points `..data` at the staged generation in one rename, then makes the visible top-level entries
-/// link through `..data`. The generation it replaced is kept as the spare for the next commit; any
-/// other generation is removed. Returns what the destination now holds.
+/// link through `..data`. With `keep_spare`, the generation it replaced is kept as the spare for the
+/// next commit (or one is built in the background); otherwise it is removed, as is any other
+/// generation. Returns what the destination now holds.
 pub fn commit_generation(
     staged: StagedGeneration,
     previous: Option<TreeState>,
     mode: u32,
+    keep_spare: bool,
 ) -> Result<TreeState, CommitError> {
     let StagedGeneration { mut generation, tree, changes } = staged;
     let dest = generation.dest.clone();
@@ -711,7 +713,7 @@ pub fn commit_generation(
                 ensure_link(&dest, name)?;
             }
             let new_set: std::collections::HashSet<&str> = new_top.iter().copied().collect();
-            let keep = previous.as_ref().filter(|p| p.mode == mode).map(|p| p.current.as_str());
+            let keep = previous.as_ref().filter(|p| keep_spare && p.mode == mode).map(|p| p.current.as_str());
             if let Ok(rd) = fs::read_dir(&dest) {
                 for e in rd.flatten() {
                     let n = e.file_name().to_string_lossy().into_owned();
@@ -735,7 +737,7 @@ pub fn commit_generation(
     // (one read back from disk has unknown modes); otherwise it goes, and a spare is made in the
     // background from the new generation.
     let spare = match previous {
-        Some(p) if p.mode == mode => Some(Spare { name: p.current, files: p.files, behind: changes }),
+        Some(p) if keep_spare && p.mode == mode => Some(Spare { name: p.current, files: p.files, behind: changes }),
         Some(p) => {
             let _ = fs::remove_dir_all(dest.join(&p.current));
             None
@@ -744,8 +746,8 @@ pub fn commit_generation(
     };
     sync_dir(&dest)?;
     let building = match spare {
-        Some(_) => None,
-        None => SpareBuild::start(&dest, &generation.name, tree.keys().cloned().collect()),
+        None if keep_spare => SpareBuild::start(&dest, &generation.name, tree.keys().cloned().collect()),
+        _ => None,
     };
     Ok(TreeState { current: generation.name.clone(), files: tree, spare, mode, links_known: true, building })
 }
@@ -844,7 +846,7 @@ mod tests {
     fn commit(dest: &Path, t: &BTreeMap<String, Bytes>, mut state: Option<TreeState>) -> TreeState {
         let g = stage(dest, t, state.as_mut());
         assert_eq!(&g.tree, t);
-        commit_generation(g, state, 0o640).unwrap()
+        commit_generation(g, state, 0o640, true).unwrap()
     }
 
     fn stage(dest: &Path, t: &BTreeMap<String, Bytes>, state: Option<&mut TreeState>) -> StagedGeneration {
@@ -882,7 +884,7 @@ mod tests {
         // Unchanged files are hard links to the previous generation's.
         use std::os::unix::fs::MetadataExt;
         assert_eq!(fs::metadata(g.path().join("a.conf")).unwrap().nlink(), 2);
-        let s2 = commit_generation(g, s1, 0o640).unwrap();
+        let s2 = commit_generation(g, s1, 0o640, true).unwrap();
         assert_eq!(fs::read_to_string(dest.join("c")).unwrap(), "3");
         assert!(!dest.join("sub").exists(), "removed keys disappear");
         assert_eq!(fs::metadata(dest.join("c")).unwrap().permissions().mode() & 0o777, 0o640);
@@ -973,6 +975,24 @@ mod tests {
         assert_eq!(fs::read_to_string(dest.join(&spare.name).join("b")).unwrap(), "2");
         let gens: Vec<String> = names(&dest).into_iter().filter(|n| n.starts_with("..2")).collect();
         assert_eq!(gens.len(), 2, "{gens:?}");
+    }
+
+    #[test]
+    fn without_spares_one_generation_remains() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("out");
+        let t1 = tree(&[("a", "1")]);
+        let g = stage(&dest, &t1, None);
+        let s1 = commit_generation(g, None, 0o640, false).unwrap();
+        assert!(s1.building.is_none() && s1.spare.is_none(), "no spare is built for a single pass");
+        let t2 = tree(&[("a", "2")]);
+        let mut s1 = Some(s1);
+        let g = stage(&dest, &t2, s1.as_mut());
+        let s2 = commit_generation(g, s1, 0o640, false).unwrap();
+        assert!(s2.spare.is_none());
+        let gens: Vec<String> = names(&dest).into_iter().filter(|n| n.starts_with("..2")).collect();
+        assert_eq!(gens, vec![s2.current.clone()], "the replaced generation is removed");
+        assert_eq!(visible(&dest), t2);
     }
 
     #[test]

@@ -179,7 +179,11 @@ pub async fn run(
         // config (unchanged bytes are not rewritten).
         let now = Instant::now();
         let dirty = subs.iter().all(|s| s.latest().is_some()).then_some(Dirty { first: now, last: now });
-        slots.push(OutputSlot { subs, runtime: OutputRuntime::new(), stats, dirty });
+        let runtime = match mode {
+            RunMode::Run => OutputRuntime::new(),
+            RunMode::Once { .. } => OutputRuntime::single_pass(),
+        };
+        slots.push(OutputSlot { subs, runtime, stats, dirty });
     }
     // exec.env: the child's environment comes from a prefix of its own.
     let mut env_sub = match (&session.exec, &cfg.exec.env) {

@@ -188,6 +188,9 @@ pub struct OutputRuntime {
     last_commit: Option<Instant>,
     /// Change-to-disk latency of the last write.
     pub last_latency: Option<Duration>,
+    /// Whether a `files` output keeps a spare generation for the next change (not for `kvsync once`,
+    /// which renders once and exits).
+    spares: bool,
 }
 
 impl Default for OutputRuntime {
@@ -198,7 +201,12 @@ impl Default for OutputRuntime {
 
 impl OutputRuntime {
     pub fn new() -> Self {
-        OutputRuntime { last: None, rendered: false, last_commit: None, last_latency: None }
+        OutputRuntime { last: None, rendered: false, last_commit: None, last_latency: None, spares: true }
+    }
+
+    /// A runtime for one render pass (`kvsync once`): a `files` output keeps one generation only.
+    pub fn single_pass() -> Self {
+        OutputRuntime { spares: false, ..Self::new() }
     }
 
     /// Renders `views` (one per input, in config order) and commits the result if it differs from
@@ -367,7 +375,9 @@ impl OutputRuntime {
             }
         };
         if changes.is_empty() && commit::current_generation(dest).as_deref() == Some(state.current.as_str()) {
-            state.ensure_spare(dest);
+            if self.spares {
+                state.ensure_spare(dest);
+            }
             self.last = Some(Last::Tree(state));
             return Ok(Outcome::Unchanged);
         }
@@ -400,7 +410,7 @@ impl OutputRuntime {
             }
         };
         // Once the swap is attempted the state is only known again by reading the disk.
-        let committed = commit::commit_generation(generation, state, mode).map_err(write_failure)?;
+        let committed = commit::commit_generation(generation, state, mode, self.spares).map_err(write_failure)?;
         self.last = Some(Last::Tree(committed));
         Ok(Outcome::Written)
     }
