@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::commit;
 use crate::config::{Format, Limits, OutputConfig};
-use crate::format::{self, Rendered};
+use crate::format;
 use crate::template::InputData;
 
 /// Upper bounds (seconds) of the change-to-disk latency buckets: from a local file source's
@@ -298,10 +298,7 @@ impl OutputRuntime {
             }
             (staged.map_err(write_failure)?, Last::inputs(views, None))
         } else {
-            let bytes = match format::render(&cfg.format, &inputs, cfg.single).map_err(render_failure)? {
-                Rendered::File(bytes) => bytes,
-                Rendered::Tree(_) => unreachable!("only `files` renders a tree"),
-            };
+            let bytes = format::render(&cfg.format, &inputs, cfg.single).map_err(render_failure)?;
             if bytes.len() as u64 > limits.max_output_size {
                 return Err(output_size_failure(limits));
             }

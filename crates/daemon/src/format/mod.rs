@@ -14,26 +14,19 @@ use std::collections::BTreeMap;
 use crate::config::Format;
 use crate::template::InputData;
 
-/// What a render produced.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Rendered {
-    /// The whole content of one file.
-    File(Vec<u8>),
-    /// Files by relative path (validated: no escape, no conflicts), for `format: files`.
-    Tree(BTreeMap<String, bytes::Bytes>),
-}
-
-/// Renders `inputs` in `format`. `single` tells templates whether the output had one input.
-pub fn render(format: &Format, inputs: &[InputData<'_>], single: bool) -> Result<Rendered, String> {
+/// Renders `inputs` in `format` into the content of one file. `single` tells templates whether the
+/// output had one input. `files` is not a single file: the output lays it out itself
+/// (`files::layout`, `files::check_changes`).
+pub fn render(format: &Format, inputs: &[InputData<'_>], single: bool) -> Result<Vec<u8>, String> {
     let first = || inputs.first().expect("every output has an input");
     match format {
-        Format::Template(t) => t.render(inputs, single).map(|s| Rendered::File(s.into_bytes())),
+        Format::Template(t) => t.render(inputs, single).map(String::into_bytes),
         Format::Json => {
             let kv = &first().kv;
             let tree = json_tree(kv)?;
             let mut out = Vec::with_capacity(kv.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>() + 16);
             json::write(&tree, &mut out).map_err(|e| e.to_string())?;
-            Ok(Rendered::File(out))
+            Ok(out)
         }
         Format::Yaml => {
             let kv = &first().kv;
@@ -44,18 +37,16 @@ pub fn render(format: &Format, inputs: &[InputData<'_>], single: bool) -> Result
             } else {
                 serde_yaml::to_string(&Dir(&tree)).map_err(|e| e.to_string())?
             };
-            Ok(Rendered::File(s.into_bytes()))
+            Ok(s.into_bytes())
         }
-        Format::Env { upcase } => env::render(&first().kv, *upcase).map(Rendered::File),
-        Format::Properties => properties::render(&first().kv).map(Rendered::File),
-        Format::Files => {
-            files::layout(first().kv.iter().map(|(k, v)| (*k, bytes::Bytes::copy_from_slice(v)))).map(Rendered::Tree)
-        }
+        Format::Env { upcase } => env::render(&first().kv, *upcase),
+        Format::Properties => properties::render(&first().kv),
+        Format::Files => Err("format files renders a directory, not one file".into()),
         Format::Raw { key } => {
             // The raw output's prefix is the key itself, so the key is the empty relative key.
             let v =
                 first().kv.get("").ok_or_else(|| format!("key `{key}` does not exist in source {}", first().origin))?;
-            Ok(Rendered::File(v.to_vec()))
+            Ok(v.to_vec())
         }
     }
 }
@@ -102,11 +93,8 @@ mod tests {
         vec![InputData { name: "o", origin: "s:p/".into(), kv: kv.iter().copied().collect() }]
     }
 
-    fn text(r: Rendered) -> String {
-        match r {
-            Rendered::File(b) => String::from_utf8(b).unwrap(),
-            _ => panic!("expected a file"),
-        }
+    fn text(r: Vec<u8>) -> String {
+        String::from_utf8(r).unwrap()
     }
 
     #[test]
@@ -136,10 +124,7 @@ mod tests {
     #[test]
     fn raw_writes_the_bytes_of_one_key() {
         let kv = [("", [0u8, 1, 2, 0xff].as_slice())];
-        assert_eq!(
-            render(&Format::Raw { key: "k".into() }, &input(&kv), true).unwrap(),
-            Rendered::File(vec![0, 1, 2, 0xff])
-        );
+        assert_eq!(render(&Format::Raw { key: "k".into() }, &input(&kv), true).unwrap(), vec![0, 1, 2, 0xff]);
         let err = render(&Format::Raw { key: "k".into() }, &input(&[]), true).unwrap_err();
         assert!(err.contains("does not exist"), "{err}");
     }
