@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use kvsync_watch::snapshot::same_bytes;
 use tracing::warn;
 
 /// The mode a new file gets when the output sets no `perms` and no file exists yet.
@@ -383,12 +384,6 @@ fn links_match(dest: &Path, current: &str, files: &BTreeMap<String, Bytes>) -> b
         linked += 1;
     }
     linked == tops.len()
-}
-
-/// Two values are the same bytes: the same allocation (unchanged keys share it between snapshots)
-/// or equal contents.
-pub fn same_bytes(a: &Bytes, b: &Bytes) -> bool {
-    (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
 }
 
 /// A `files` generation being prepared: a `..<timestamp>` directory holding every file.

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use kvsync_watch::snapshot::Entries;
+use kvsync_watch::snapshot::{same_bytes, Entries};
 use kvsync_watch::View;
 use prometheus_client::metrics::histogram::Histogram;
 use sha2::{Digest, Sha256};
@@ -173,7 +173,7 @@ fn same_inputs(prev: &[(String, Arc<Entries>)], views: &[View], raw: bool) -> bo
             loop {
                 match (old.next(), new.next()) {
                     (None, None) => return true,
-                    (Some((ka, va)), Some((kb, vb))) if ka == kb && commit::same_bytes(va, vb) => {}
+                    (Some((ka, va)), Some((kb, vb))) if ka == kb && same_bytes(va, vb) => {}
                     _ => return false,
                 }
             }
@@ -431,7 +431,7 @@ fn diff_files(
             changes.push((gone.clone(), None));
         }
         match old.next_if(|(o, _)| o.as_str() == k) {
-            Some((_, was)) if commit::same_bytes(was, v) => {}
+            Some((_, was)) if same_bytes(was, v) => {}
             _ => changes.push((k.to_string(), Some(v.clone()))),
         }
     })?;
