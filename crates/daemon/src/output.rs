@@ -158,7 +158,6 @@ impl Last {
 /// every key but the exact one, do not count). Unchanged values share their allocation between
 /// snapshots, so this is a walk over the keys, not a comparison of every byte.
 fn same_inputs(prev: &[(String, Arc<Entries>)], views: &[View], raw: bool) -> bool {
-    let counted = |rel: &str| if raw { rel.is_empty() } else { !rel.is_empty() && !rel.ends_with('/') };
     prev.len() == views.len()
         && prev.iter().zip(views).all(|((prefix, entries), view)| {
             if *prefix != view.prefix {
@@ -168,8 +167,8 @@ fn same_inputs(prev: &[(String, Arc<Entries>)], views: &[View], raw: bool) -> bo
                 return true;
             }
             let n = prefix.len();
-            let mut old = entries.iter().map(|(k, v)| (&k[n..], v)).filter(|(k, _)| counted(k));
-            let mut new = view.relative().filter(|(k, _)| counted(k));
+            let mut old = entries.iter().map(|(k, v)| (&k[n..], v)).filter(|(k, _)| rendered(k, raw));
+            let mut new = view.relative().filter(|(k, _)| rendered(k, raw));
             loop {
                 match (old.next(), new.next()) {
                     (None, None) => return true,
@@ -439,6 +438,16 @@ fn diff_files(
     Ok((changes, size))
 }
 
+/// Whether an output renders the key `rel` (relative to its prefix): `raw` renders the exact key
+/// only; every other format leaves out the exact key and folder markers (keys ending in `/`).
+fn rendered(rel: &str, raw: bool) -> bool {
+    if raw {
+        rel.is_empty()
+    } else {
+        !rel.is_empty() && !rel.ends_with('/')
+    }
+}
+
 /// Calls `f` with every key (relative to the input's prefix) and value of `view` that an output
 /// renders: folder markers are left out, and for `raw` only the exact key is kept. Limits are
 /// checked on the way.
@@ -461,14 +470,7 @@ fn each_value<'v>(
             ),
         ));
     }
-    for (rel, value) in view.relative() {
-        if raw {
-            if !rel.is_empty() {
-                continue; // only the exact key
-            }
-        } else if rel.is_empty() || rel.ends_with('/') {
-            continue; // folder markers
-        }
+    for (rel, value) in view.relative().filter(|(rel, _)| rendered(rel, raw)) {
         if value.len() as u64 > limits.max_value_size {
             return Err(Failure::new(
                 FailureReason::Limit,
