@@ -259,16 +259,6 @@ fn apply(files: &mut BTreeMap<String, Bytes>, changes: &Changes) {
     }
 }
 
-/// The changes that turn `old` into `new`.
-#[cfg(test)]
-fn changes_between(old: &BTreeMap<String, Bytes>, new: &BTreeMap<String, Bytes>) -> Changes {
-    let (gone, write) = tree_diff(old, new);
-    let mut changes: Changes = gone.into_iter().map(|k| (k.to_string(), None)).collect();
-    changes.extend(write.into_iter().map(|(k, v)| (k.to_string(), Some(v.clone()))));
-    changes.sort_by(|a, b| a.0.cmp(&b.0));
-    changes
-}
-
 /// A copy of the current generation made of hard links, built off the render path so that the first
 /// change after a start is as cheap as the later ones. Dropping it before it is used cancels it and
 /// removes what it made.
@@ -621,49 +611,6 @@ fn patch_generation(root: &Path, keys: &[&str], want: &BTreeMap<String, Bytes>, 
     }
 }
 
-#[cfg(test)]
-/// The keys of `had` that `want` lacks (sorted), and the files of `want` that `had` lacks or holds
-/// with other bytes.
-fn tree_diff<'a>(
-    had: &'a BTreeMap<String, Bytes>,
-    want: &'a BTreeMap<String, Bytes>,
-) -> (Vec<&'a str>, Vec<(&'a str, &'a Bytes)>) {
-    let mut gone = Vec::new();
-    let mut write = Vec::new();
-    let (mut a, mut b) = (had.iter().peekable(), want.iter().peekable());
-    loop {
-        match (a.peek(), b.peek()) {
-            (None, None) => break,
-            (Some((k, _)), None) => {
-                gone.push(k.as_str());
-                a.next();
-            }
-            (None, Some((k, v))) => {
-                write.push((k.as_str(), *v));
-                b.next();
-            }
-            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
-                std::cmp::Ordering::Less => {
-                    gone.push(ka.as_str());
-                    a.next();
-                }
-                std::cmp::Ordering::Greater => {
-                    write.push((kb.as_str(), *vb));
-                    b.next();
-                }
-                std::cmp::Ordering::Equal => {
-                    if !same_bytes(va, vb) {
-                        write.push((kb.as_str(), *vb));
-                    }
-                    a.next();
-                    b.next();
-                }
-            },
-        }
-    }
-    (gone, write)
-}
-
 /// The visible top-level names of a tree (`db/host` -> `db`), each once. Keys sharing a first
 /// segment are contiguous in sorted order, so removing consecutive repeats is enough.
 fn top_names(tree: &BTreeMap<String, Bytes>) -> Vec<&str> {
@@ -835,6 +782,18 @@ mod tests {
     fn missing_parent_is_reported() {
         let err = check_parent(Path::new("/nonexistent-kvsync/dir/a.conf")).unwrap_err();
         assert!(err.contains("/nonexistent-kvsync/dir does not exist"), "{err}");
+    }
+
+    /// The changes that turn `old` into `new` (what an output computes from its view).
+    fn changes_between(old: &BTreeMap<String, Bytes>, new: &BTreeMap<String, Bytes>) -> Changes {
+        let mut changes: Changes = old.keys().filter(|k| !new.contains_key(*k)).map(|k| (k.clone(), None)).collect();
+        changes.extend(
+            new.iter()
+                .filter(|(k, v)| old.get(*k).is_none_or(|o| !same_bytes(o, v)))
+                .map(|(k, v)| (k.clone(), Some(v.clone()))),
+        );
+        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        changes
     }
 
     /// Commits `t` on top of `state` the way an output does.
