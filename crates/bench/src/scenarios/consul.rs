@@ -8,7 +8,7 @@ use base64::Engine as _;
 use http_body_util::{BodyExt, Empty};
 use kvsync_tests::consul_server::ConsulServer;
 
-use super::{out_dir, pace, wait_for, write_config, Counts};
+use super::{json_output, out_dir, pace, wait_for, write_config, Counts};
 use crate::dest;
 use crate::kvsync_proc::Kvsync;
 use crate::measure::{seq_in, value, Recorder};
@@ -91,11 +91,7 @@ async fn latency(c: &Counts, mode: &str) -> anyhow::Result<LatencyRow> {
     server.put("bench/k", value(0, 1024));
     let dir = tempfile::tempdir()?;
     let out = out_dir(dir.path())?.join("app.json");
-    let cfg = write_config(
-        dir.path(),
-        &source(&server.url(), mode),
-        &format!("  - {{ name: app, source: c, prefix: bench/, format: json, destination: {} }}\n", out.display()),
-    )?;
+    let cfg = write_config(dir.path(), &source(&server.url(), mode), &json_output("c", "bench/", &out))?;
     let (_kvsync, _) = tokio::task::block_in_place(|| Kvsync::start_rendered(&cfg, dir.path(), T))?;
     let subject = Arc::new(Recorder::default());
     let baseline = Arc::new(Recorder::default());
@@ -136,11 +132,7 @@ async fn burst(c: &Counts) -> anyhow::Result<BurstRow> {
     }
     let dir = tempfile::tempdir()?;
     let out = out_dir(dir.path())?.join("app.json");
-    let cfg = write_config(
-        dir.path(),
-        &source(&server.url(), "watch"),
-        &format!("  - {{ name: app, source: c, prefix: bench/, format: json, destination: {} }}\n", out.display()),
-    )?;
+    let cfg = write_config(dir.path(), &source(&server.url(), "watch"), &json_output("c", "bench/", &out))?;
     tokio::task::block_in_place(|| {
         let (k, _) = Kvsync::start_rendered(&cfg, dir.path(), T)?;
         super::burst::measure("consul", c, &k, &out, |key, v| {

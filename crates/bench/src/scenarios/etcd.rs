@@ -17,7 +17,7 @@ use kvsync_etcd_grpc::{prefix_range, Client};
 use kvsync_tests::etcd_server::{EtcdServer, TestClient};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{out_dir, wait_for, write_config, Counts};
+use super::{json_output, out_dir, wait_for, write_config, Counts};
 use crate::dest;
 use crate::kvsync_proc::Kvsync;
 use crate::measure::{seq_in, value, Recorder};
@@ -60,10 +60,6 @@ fn source(endpoint: &str, mode: &str) -> String {
         "poll" => format!("  - {{ name: e, type: etcd, endpoints: [{endpoint}], mode: poll, interval: 1s }}\n"),
         _ => format!("  - {{ name: e, type: etcd, endpoints: [{endpoint}] }}\n"),
     }
-}
-
-fn json_output(prefix: &str, dest: &std::path::Path) -> String {
-    format!("  - {{ name: app, source: e, prefix: {prefix}, format: json, destination: {} }}\n", dest.display())
 }
 
 /// Opens a bare Watch stream on `prefix` and records the sequence number of every value it carries.
@@ -159,7 +155,7 @@ async fn latency(c: &Counts, mode: &str) -> anyhow::Result<LatencyRow> {
     client.put("bench/k", value(0, 1024)).await?;
     let dir = tempfile::tempdir()?;
     let out = out_dir(dir.path())?.join("app.json");
-    let cfg = write_config(dir.path(), &source(&etcd.endpoint(), mode), &json_output("bench/", &out))?;
+    let cfg = write_config(dir.path(), &source(&etcd.endpoint(), mode), &json_output("e", "bench/", &out))?;
     let (_kvsync, _) = tokio::task::block_in_place(|| Kvsync::start_rendered(&cfg, dir.path(), T))?;
 
     let subject = Arc::new(Recorder::default());
@@ -214,7 +210,7 @@ async fn burst(c: &Counts) -> anyhow::Result<BurstRow> {
     }
     let dir = tempfile::tempdir()?;
     let out = out_dir(dir.path())?.join("app.json");
-    let cfg = write_config(dir.path(), &source(&etcd.endpoint(), "watch"), &json_output("bench/", &out))?;
+    let cfg = write_config(dir.path(), &source(&etcd.endpoint(), "watch"), &json_output("e", "bench/", &out))?;
     let handle = tokio::runtime::Handle::current();
     // One client, one put after the other: as fast as etcd acknowledges them.
     tokio::task::block_in_place(|| {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{burst, pace, scale, wait_for, write_config, Counts};
+use super::{burst, json_output, pace, scale, wait_for, write_config, Counts};
 use crate::dest;
 use crate::kvsync_proc::Kvsync;
 use crate::measure::{value, Recorder};
@@ -65,11 +65,7 @@ fn latency(c: &Counts) -> anyhow::Result<LatencyRow> {
     let kv = dir.path().join("kv");
     put(&kv, "bench/k", &value(0, 1024))?;
     let out = dir.path().join("out/app.json");
-    let cfg = write_config(
-        dir.path(),
-        &source(dir.path()),
-        &format!("  - {{ name: app, source: local, prefix: bench/, format: json, destination: {} }}\n", out.display()),
-    )?;
+    let cfg = write_config(dir.path(), &source(dir.path()), &json_output("local", "bench/", &out))?;
     let (_kvsync, _) = Kvsync::start_rendered(&cfg, dir.path(), T)?;
     let subject = Arc::new(Recorder::default());
     let baseline = Arc::new(Recorder::default());
@@ -101,11 +97,7 @@ fn burst(c: &Counts) -> anyhow::Result<BurstRow> {
         put(&kv, &key, b"init")?;
     }
     let out = dir.path().join("out/app.json");
-    let cfg = write_config(
-        dir.path(),
-        &source(dir.path()),
-        &format!("  - {{ name: app, source: local, prefix: bench/, format: json, destination: {} }}\n", out.display()),
-    )?;
+    let cfg = write_config(dir.path(), &source(dir.path()), &json_output("local", "bench/", &out))?;
     let (k, _) = Kvsync::start_rendered(&cfg, dir.path(), T)?;
     burst::measure("file", c, &k, &out, |key, v| put(&kv, key, &v))
 }

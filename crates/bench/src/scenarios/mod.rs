@@ -101,6 +101,11 @@ pub fn write_config(dir: &Path, sources: &str, outputs: &str) -> anyhow::Result<
     Ok(p)
 }
 
+/// One JSON output named `app` of `prefix` from `source` into `dest` (a line of a config's `outputs`).
+pub fn json_output(source: &str, prefix: &str, dest: &Path) -> String {
+    format!("  - {{ name: app, source: {source}, prefix: {prefix}, format: json, destination: {} }}\n", dest.display())
+}
+
 /// The directory outputs go to: `out/` under `dir`, apart from the config (see `write_config`).
 /// The prefixes of the idle scenario.
 pub const IDLE_PREFIXES: [&str; 3] = ["a", "b", "c"];
