@@ -96,7 +96,6 @@ pub(crate) fn decode(
     previous: &mut Previous,
 ) -> Result<Decoded, ListingError> {
     let mut limit_error = None;
-    let mut next = Vec::new();
     let mut reused = 0usize;
     let seed = Collect {
         prefix,
@@ -104,7 +103,6 @@ pub(crate) fn decode(
         max_keys,
         error: &mut limit_error,
         previous: &previous.items,
-        next: &mut next,
         reused: &mut reused,
     };
     let mut de = serde_json::Deserializer::from_slice(body);
@@ -113,9 +111,11 @@ pub(crate) fn decode(
     if let Some(e) = limit_error {
         return Err(e);
     }
-    let entries = result.map_err(|e| ListingError::Malformed(format!("not a Consul KV listing (JSON array): {e}")))?;
-    let unchanged = reused == next.len() && next.len() == previous.items.len();
-    previous.items = next;
+    let listing = result.map_err(|e| ListingError::Malformed(format!("not a Consul KV listing (JSON array): {e}")))?;
+    let unchanged = reused == listing.len() && listing.len() == previous.items.len();
+    // Built in one pass from the sorted list (inserting one by one costs a search per key).
+    let entries = listing.iter().cloned().collect();
+    previous.items = listing;
     Ok(Decoded { entries, unchanged })
 }
 
@@ -126,32 +126,30 @@ struct Collect<'a> {
     max_keys: usize,
     /// Where a limit or base64 error is left (serde's own error type carries only text).
     error: &'a mut Option<ListingError>,
-    /// The last listing, and this one as it is decoded.
+    /// The last listing.
     previous: &'a [(String, Bytes)],
-    next: &'a mut Vec<(String, Bytes)>,
     /// How many values came from the previous listing.
     reused: &'a mut usize,
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for Collect<'_> {
-    type Value = Entries;
+    type Value = Vec<(String, Bytes)>;
 
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Entries, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<(String, Bytes)>, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
 impl<'de> serde::de::Visitor<'de> for Collect<'_> {
-    type Value = Entries;
+    type Value = Vec<(String, Bytes)>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON array of KV pairs")
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Entries, A::Error> {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<(String, Bytes)>, A::Error> {
         use serde::de::Error as _;
-        // Collected in key order, then built into the map in one pass (inserting one by one costs a
-        // search per key).
+        // In the listing's (key) order.
         let mut entries: Vec<(String, Bytes)> = Vec::new();
         let mut count = 0usize;
         // Both listings are sorted by key, so the previous one is walked alongside.
@@ -195,14 +193,13 @@ impl<'de> serde::de::Visitor<'de> for Collect<'_> {
                 }
                 _ => Bytes::copy_from_slice(&scratch),
             };
-            self.next.push((pair.key.clone(), value.clone()));
             entries.push((pair.key, value));
         }
         if count > self.max_keys {
             *self.error = Some(ListingError::TooMany { count, limit: self.max_keys });
             return Err(A::Error::custom("stopped"));
         }
-        Ok(entries.into_iter().collect())
+        Ok(entries)
     }
 }
 
