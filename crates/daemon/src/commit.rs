@@ -16,6 +16,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -265,20 +267,20 @@ fn apply(files: &mut BTreeMap<String, Bytes>, changes: &Changes) {
 #[derive(Debug)]
 struct SpareBuild {
     handle: Option<std::thread::JoinHandle<Option<String>>>,
-    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cancel: Arc<AtomicBool>,
 }
 
 impl SpareBuild {
     fn start(dest: &Path, current: &str, keys: Vec<String>) -> Option<SpareBuild> {
-        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (dest, current, flag) = (dest.to_path_buf(), current.to_string(), std::sync::Arc::clone(&cancel));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (dest, current, flag) = (dest.to_path_buf(), current.to_string(), Arc::clone(&cancel));
         let handle = std::thread::Builder::new()
             .name("kvsync-spare".into())
             .spawn(move || {
                 let name = generation_name();
                 let root = dest.join(&name);
                 let built = link_copy(&dest.join(&current), &root, &keys, &flag);
-                if built.is_err() || flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if built.is_err() || flag.load(Ordering::Relaxed) {
                     let _ = fs::remove_dir_all(&root);
                     return None;
                 }
@@ -296,21 +298,16 @@ impl SpareBuild {
 
 impl Drop for SpareBuild {
     fn drop(&mut self) {
-        self.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.cancel.store(true, Ordering::Relaxed);
     }
 }
 
 /// Makes `to` a copy of `from` holding a hard link to each of `keys`, durable when it returns.
-fn link_copy(
-    from: &Path,
-    to: &Path,
-    keys: &[String],
-    cancel: &std::sync::atomic::AtomicBool,
-) -> Result<(), CommitError> {
+fn link_copy(from: &Path, to: &Path, keys: &[String], cancel: &AtomicBool) -> Result<(), CommitError> {
     ctx(fs::create_dir(to), "cannot create generation directory", to)?;
     let mut made: Option<PathBuf> = None;
     for (i, key) in keys.iter().enumerate() {
-        if i % 1024 == 0 && cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        if i % 1024 == 0 && cancel.load(Ordering::Relaxed) {
             return Ok(());
         }
         let path = to.join(key);
