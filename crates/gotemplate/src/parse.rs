@@ -675,9 +675,7 @@ impl<'a> Parser<'a> {
 
     fn next(&mut self) -> Token {
         let t = self.toks[self.i.min(self.toks.len() - 1)].clone();
-        if self.i < self.toks.len() - 1 {
-            self.i += 1;
-        }
+        self.i += 1;
         t
     }
 

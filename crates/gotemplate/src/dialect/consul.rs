@@ -700,7 +700,7 @@ fn toml_string(s: &str) -> String {
 
 /// BurntSushi/toml's encoding of a map: plain keys first, then sub-tables, with two-space indents.
 fn toml_table(out: &mut String, m: &BTreeMap<String, Value>, path: &[String]) {
-    let indent = "  ".repeat(path.len().saturating_sub(1));
+    let indent = "  ".repeat(path.len());
     for (k, v) in m {
         if matches!(v, Value::Map(_) | Value::Nil) {
             continue;
