@@ -32,6 +32,7 @@ fn config(address: String) -> ConsulConfig {
         backoff: Backoff::new(Duration::from_millis(50), Duration::from_millis(400), None),
         max_value_bytes: 1 << 20,
         max_keys: 1_000_000,
+        idle_timeout: kvsync_watch::consul::DEFAULT_IDLE_TIMEOUT,
     }
 }
 

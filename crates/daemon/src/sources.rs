@@ -33,6 +33,7 @@ pub fn build(cfg: &Config, s: &SourceConfig) -> Result<BuiltSource, String> {
                 backoff,
                 max_value_bytes,
                 max_keys: cfg.limits.max_keys,
+                idle_timeout: kvsync_watch::consul::DEFAULT_IDLE_TIMEOUT,
             })
             .map_err(|e| format!("source `{}`: {e}", s.name))?,
         ),

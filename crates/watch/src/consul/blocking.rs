@@ -19,8 +19,10 @@
 //!   sees the first key when it is written. (A 404 without `X-Consul-Index` is not Consul's: it is
 //!   reported as an error, never delivered as an empty prefix.)
 //!
-//! Every request has a deadline of `wait + wait/16 + margin`: longer than Consul can legitimately hold
-//! it, so a request still unanswered by then sits on a stalled connection, which is dropped.
+//! The head of every answer has a deadline of `wait + wait/16 + margin`: longer than Consul can
+//! legitimately hold the request, so a request still unanswered by then sits on a silent connection,
+//! which is dropped. Once the head has arrived, the body (as large as the prefix) may take as long as
+//! it keeps arriving; only a pause longer than `idle_timeout` counts as a stall (see `client.rs`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -38,7 +40,8 @@ use crate::snapshot::{Change, Entries, Update};
 use crate::source::SourceError;
 use crate::stats::ErrorKind;
 
-/// Slack on top of Consul's longest hold (`wait * 17/16`) for the network and a large answer.
+/// Slack on top of Consul's longest hold (`wait * 17/16`) for the network and the server's work on
+/// the answer before its head goes out.
 pub(crate) const MARGIN: Duration = Duration::from_secs(2);
 /// The rate limit of a loop: this many requests back to back...
 const BURST: u32 = 20;
@@ -74,7 +77,7 @@ pub(crate) fn next_step(last: u64, reported: Option<u64>) -> Step {
     }
 }
 
-/// How long a blocking request may take before its connection counts as stalled.
+/// How long the head of a blocking request's answer may take before its connection counts as silent.
 pub(crate) fn deadline(wait: Duration) -> Duration {
     wait + wait / 16 + MARGIN
 }
@@ -115,7 +118,7 @@ pub(crate) async fn run(ctx: LoopContext) -> Result<(), SourceError> {
             // Shutdown: the request in flight is dropped with its connection.
             _ = ctx.cancel.cancelled() => return Ok(()),
             // Consul answered, or the request failed or hit its deadline.
-            r = fetcher.get(&query, deadline, &stats) => r,
+            r = fetcher.get(&query, deadline, index > 0, &stats) => r,
         };
         let response = match answer {
             Ok(r) if is_kv_answer(&r) => r,

@@ -36,8 +36,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// arrives, growing the buffer as it does).
 const MAX_RESERVE: u64 = 1 << 30;
 
-/// How long the body of an answer may pause between two chunks before the connection counts as stalled.
-const BODY_IDLE: Duration = Duration::from_secs(10);
 /// Sent as `User-Agent`, so Consul's logs show who is asking.
 const USER_AGENT: &str = concat!("kvsync/", env!("CARGO_PKG_VERSION"));
 
@@ -109,10 +107,18 @@ pub(crate) struct Client {
     token: Option<TokenFile>,
     /// Index into `endpoints` of the address to try first (the last one that worked).
     preferred: AtomicUsize,
+    /// How long the body of an answer may pause between two chunks before the connection counts as
+    /// stalled (`idle_timeout`). The head has its own deadline, given with each request.
+    body_idle: Duration,
 }
 
 impl Client {
-    pub fn new(addresses: &[String], tls: Option<&TlsFiles>, token_file: Option<&Path>) -> Result<Client, SourceError> {
+    pub fn new(
+        addresses: &[String],
+        tls: Option<&TlsFiles>,
+        token_file: Option<&Path>,
+        body_idle: Duration,
+    ) -> Result<Client, SourceError> {
         if addresses.is_empty() {
             return Err(SourceError::Config(
                 "consul: no address configured (for example http://127.0.0.1:8500)".into(),
@@ -137,7 +143,7 @@ impl Client {
         };
         let token =
             token_file.map(TokenFile::open).transpose().map_err(|e| SourceError::Config(format!("consul: {e}")))?;
-        Ok(Client { endpoints, tls, token, preferred: AtomicUsize::new(0) })
+        Ok(Client { endpoints, tls, token, preferred: AtomicUsize::new(0), body_idle })
     }
 
     /// The token file, for messages (its path) and for noticing a fix.
@@ -290,12 +296,16 @@ impl Fetcher {
         }
     }
 
-    /// `GET path_and_query`; the answer's headers must arrive within `deadline`, and its body may not
-    /// pause longer than `BODY_IDLE`. Any transport failure closes the connection.
+    /// `GET path_and_query`. The answer's head (status line and headers) must arrive within `deadline`
+    /// (`blocking`: the request is a blocking query, and `deadline` covers its wait); after that its
+    /// body may take as long as it keeps arriving, but may not pause longer than the client's
+    /// `body_idle`. So a silent connection is dropped at the deadline, and a large answer that is still
+    /// arriving is never cut off. Any transport failure closes the connection.
     pub async fn get(
         &mut self,
         path_and_query: &str,
         deadline: Duration,
+        blocking: bool,
         stats: &SourceStats,
     ) -> Result<Response, Failure> {
         let token = self.token()?;
@@ -335,7 +345,7 @@ impl Fetcher {
             let response = match sent {
                 Err(_) => {
                     self.client.failed(conn.endpoint);
-                    return Err(Failure::Stalled { address, after: deadline });
+                    return Err(Failure::NoAnswer { address, after: deadline, blocking });
                 }
                 Ok(Err(e)) if reused && !e.is_timeout() => {
                     debug!(address, "consul: a kept-alive connection was closed ({e}); reconnecting");
@@ -364,10 +374,10 @@ impl Fetcher {
             let announced = hyper::body::Body::size_hint(&body).exact().unwrap_or(0);
             let mut buf = BytesMut::with_capacity(announced.min(MAX_RESERVE) as usize);
             loop {
-                match tokio::time::timeout(BODY_IDLE, body.frame()).await {
+                match tokio::time::timeout(self.client.body_idle, body.frame()).await {
                     Err(_) => {
                         self.client.failed(conn.endpoint);
-                        return Err(Failure::Stalled { address, after: BODY_IDLE });
+                        return Err(Failure::Stalled { address, received: buf.len(), idle: self.client.body_idle });
                     }
                     Ok(None) => break,
                     Ok(Some(Err(e))) => {
@@ -552,6 +562,8 @@ fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, S
 mod tests {
     use super::*;
 
+    const IDLE: Duration = Duration::from_secs(5);
+
     #[test]
     fn addresses_are_checked() {
         let e = Endpoint::parse("https://consul.internal:8501/", None).unwrap();
@@ -578,12 +590,12 @@ mod tests {
 
     #[test]
     fn config_errors_name_the_setting() {
-        let err = Client::new(&[], None, None).err().unwrap().to_string();
+        let err = Client::new(&[], None, None, IDLE).err().unwrap().to_string();
         assert!(err.contains("no address"), "{err}");
         let tls = TlsFiles { ca_file: Some("/nonexistent/ca.pem".into()), ..Default::default() };
-        let err = Client::new(&["https://127.0.0.1:8501".into()], Some(&tls), None).err().unwrap().to_string();
+        let err = Client::new(&["https://127.0.0.1:8501".into()], Some(&tls), None, IDLE).err().unwrap().to_string();
         assert!(err.contains("tls.ca_file") && err.contains("/nonexistent/ca.pem"), "{err}");
-        let err = Client::new(&["http://127.0.0.1:8500".into()], None, Some(Path::new("/nonexistent/token")))
+        let err = Client::new(&["http://127.0.0.1:8500".into()], None, Some(Path::new("/nonexistent/token")), IDLE)
             .err()
             .unwrap()
             .to_string();

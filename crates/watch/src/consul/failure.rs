@@ -16,8 +16,12 @@ use crate::stats::ErrorKind;
 pub(crate) enum Failure {
     /// No address accepted a connection, or the connection broke before the answer was complete.
     Connection { address: String, error: String },
-    /// The connection was open but the answer did not arrive in time: a stalled network path.
-    Stalled { address: String, after: Duration },
+    /// The connection was open but no answer at all (not even its status line) arrived within `after`:
+    /// a silent network path. `blocking`: the request was a blocking query (`after` covers its wait).
+    NoAnswer { address: String, after: Duration, blocking: bool },
+    /// The answer's head arrived, then its body stopped arriving part-way: `received` bytes, then
+    /// nothing for `idle`. A body that keeps arriving is never cut off, however long it takes.
+    Stalled { address: String, received: usize, idle: Duration },
     /// Consul answered with an error status. `body` is a cleaned excerpt of its message.
     Status { address: String, status: StatusCode, body: String },
     /// The answer arrived but cannot be understood (not the JSON Consul sends).
@@ -43,7 +47,10 @@ pub(crate) enum Retry {
 impl Failure {
     pub fn retry(&self) -> Retry {
         match self {
-            Failure::Connection { .. } | Failure::Stalled { .. } | Failure::Malformed { .. } => Retry::Backoff,
+            Failure::Connection { .. }
+            | Failure::NoAnswer { .. }
+            | Failure::Stalled { .. }
+            | Failure::Malformed { .. } => Retry::Backoff,
             Failure::Status { status, .. } => match status.as_u16() {
                 429 | 500 | 502 | 503 | 504 => Retry::Backoff,
                 // 400, 403, 404 on something else than KV, 413, ...: repeating it will not help.
@@ -58,7 +65,7 @@ impl Failure {
     /// The counter this failure is counted in.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Failure::Connection { .. } | Failure::Stalled { .. } => ErrorKind::Connect,
+            Failure::Connection { .. } | Failure::NoAnswer { .. } | Failure::Stalled { .. } => ErrorKind::Connect,
             Failure::Status { .. } | Failure::Hidden { .. } => ErrorKind::Status,
             Failure::Malformed { .. } | Failure::Token { .. } | Failure::Tls { .. } => ErrorKind::Other,
         }
@@ -71,9 +78,19 @@ impl Failure {
             Failure::Connection { address, error } => {
                 format!("consul: reading prefix `{prefix}` from {address} failed: {error}; retrying with backoff")
             }
-            Failure::Stalled { address, after } => format!(
+            Failure::NoAnswer { address, after, blocking: true } => format!(
                 "consul: {address} did not answer the request for prefix `{prefix}` within {after:?} (the \
-                 blocking wait plus Consul's jitter and a margin): the connection stalled; reconnecting"
+                 blocking wait plus Consul's jitter and a margin): no answer at all, the connection is \
+                 silent; reconnecting with backoff"
+            ),
+            Failure::NoAnswer { address, after, blocking: false } => format!(
+                "consul: {address} did not answer the request for prefix `{prefix}` within {after:?}: no \
+                 answer at all, the connection is silent; reconnecting with backoff"
+            ),
+            Failure::Stalled { address, received, idle } => format!(
+                "consul: the answer from {address} for prefix `{prefix}` stopped arriving part-way: \
+                 {received} bytes of its body received, then nothing for {idle:?} (idle_timeout); the \
+                 connection stalled; reconnecting with backoff"
             ),
             Failure::Status { address, status, body } => {
                 let said = if body.is_empty() { String::new() } else { format!(": {body}") };
@@ -173,6 +190,25 @@ mod tests {
         assert!(msg.contains("key_prefix"), "{msg}");
         let msg = status(403).describe("config/app/", None);
         assert!(msg.contains("token_file"), "{msg}");
+    }
+
+    #[test]
+    fn no_answer_and_a_body_stopped_part_way_are_told_apart() {
+        let address = "http://127.0.0.1:8500".to_string();
+        let silent = Failure::NoAnswer { address: address.clone(), after: Duration::from_millis(3062), blocking: true };
+        let msg = silent.describe("config/app/", None);
+        assert!(msg.contains("did not answer") && msg.contains("no answer at all") && msg.contains("3.062s"), "{msg}");
+        assert!(msg.contains("`config/app/`") && msg.contains("blocking wait"), "{msg}");
+        let plain = Failure::NoAnswer { address: address.clone(), after: Duration::from_secs(10), blocking: false };
+        assert!(!plain.describe("p/", None).contains("blocking wait"));
+        let part = Failure::Stalled { address, received: 65536, idle: Duration::from_secs(5) };
+        let msg = part.describe("config/app/", None);
+        assert!(msg.contains("stopped arriving part-way") && msg.contains("65536 bytes"), "{msg}");
+        assert!(msg.contains("nothing for 5s") && msg.contains("idle_timeout"), "{msg}");
+        for f in [silent, part] {
+            assert_eq!(f.retry(), Retry::Backoff);
+            assert_eq!(f.kind(), ErrorKind::Connect);
+        }
     }
 
     #[test]

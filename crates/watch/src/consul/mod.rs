@@ -32,6 +32,7 @@
 //!     backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(30), None),
 //!     max_value_bytes: 512 * 1024,
 //!     max_keys: 100_000,
+//!     idle_timeout: kvsync_watch::consul::DEFAULT_IDLE_TIMEOUT,
 //! })?;
 //! let (sink, mut updates) = UpdateSink::channel("main", 16);
 //! let cancel = tokio_util::sync::CancellationToken::new();
@@ -64,6 +65,9 @@ use client::Client;
 /// Consul never blocks longer than this; a longer `wait` is clamped to it (as the server would).
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
 
+/// The default [`ConsulConfig::idle_timeout`]: how long the body of an answer may pause.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How to reach Consul and how to watch it.
 #[derive(Debug, Clone)]
 pub struct ConsulConfig {
@@ -90,6 +94,11 @@ pub struct ConsulConfig {
     /// A listing with more keys than this is an error; it is not delivered, and no more than this many
     /// entries are held while it is decoded (memory stays bounded by the limit, not by the prefix).
     pub max_keys: usize,
+    /// Once an answer's head has arrived, its body may take as long as it keeps arriving, but may not
+    /// pause longer than this between two chunks: a pause that long is a stalled connection (reported
+    /// with the bytes received, and retried with backoff). The head itself has the request's deadline:
+    /// `wait` + `wait`/16 + a margin for a blocking query, 10 s for a plain read.
+    pub idle_timeout: Duration,
 }
 
 /// A Consul agent or server as a source of keys. Build with [`ConsulSource::new`], then hand it to
@@ -124,6 +133,9 @@ impl ConsulSource {
                 ));
             }
         }
+        if config.idle_timeout.is_zero() {
+            return Err(SourceError::Config("consul: `idle_timeout` must be greater than 0 (for example 5s)".into()));
+        }
         if let Some(dc) = &config.datacenter {
             if dc.is_empty() || !dc.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
                 return Err(SourceError::Config(format!(
@@ -131,7 +143,8 @@ impl ConsulSource {
                 )));
             }
         }
-        let client = Client::new(&config.addresses, config.tls.as_ref(), config.token_file.as_deref())?;
+        let client =
+            Client::new(&config.addresses, config.tls.as_ref(), config.token_file.as_deref(), config.idle_timeout)?;
         let settings = Settings { wait, ..config };
         Ok(ConsulSource { client: Arc::new(client), settings })
     }

@@ -18,7 +18,8 @@ use crate::snapshot::{Change, Entries, Update};
 use crate::source::SourceError;
 use crate::stats::ErrorKind;
 
-/// A plain read answers at once; one that takes longer than this sits on a stalled connection.
+/// A plain read answers at once: a head that takes longer than this comes over a silent connection
+/// (the body then has `idle_timeout` between chunks, however long it takes in all).
 const DEADLINE: Duration = Duration::from_secs(10);
 
 /// The polling loop of one prefix; returns when cancelled, when the engine stops, or when the retry
@@ -39,7 +40,7 @@ pub(crate) async fn run(ctx: LoopContext, interval: Duration) -> Result<(), Sour
             // Shutdown.
             _ = ctx.cancel.cancelled() => return Ok(()),
             // Consul answered, or the request failed.
-            r = fetcher.get(&query, DEADLINE, &stats) => r,
+            r = fetcher.get(&query, DEADLINE, false, &stats) => r,
         };
         let failure = match answer {
             Ok(r) if is_kv_answer(&r) => {
