@@ -116,6 +116,16 @@ pub enum DaemonError {
     Timeout { after: String, pending: String },
     #[error("{0}")]
     Render(String),
+    /// The HTTP endpoint could not start (the message names the address and what to change).
+    #[error("{0}")]
+    Endpoint(String),
+    /// `kvsync exec` without a command on the command line or in the config.
+    #[error(
+        "kvsync exec needs a command: give it after `--` (kvsync exec --config {} -- /usr/bin/app) \
+         or as exec.command in the config",
+        config.display()
+    )]
+    NoCommand { config: std::path::PathBuf },
 }
 
 /// Changes not yet rendered for one output: when the first and the last arrived.
