@@ -19,8 +19,8 @@ pub struct PassReport {
     pub written: Vec<usize>,
     /// Of those, the ones written for the first time since start.
     pub first: Vec<usize>,
-    /// A counter of passes that wrote something.
-    pub generation: u64,
+    /// The number of this pass among the passes that wrote something (1, 2, ...).
+    pub pass: u64,
 }
 
 /// Whether an action fires for an output's first render after start, by default: a command or an
@@ -64,7 +64,7 @@ pub async fn run(cfg: &Config, report: &PassReport, reach: &Reach<'_>) {
     let names: Vec<&str> = report.written.iter().map(|i| cfg.outputs[*i].name.as_str()).collect();
     let dests: Vec<String> = report.written.iter().map(|i| cfg.outputs[*i].destination.display().to_string()).collect();
     let context =
-        ChangeContext { outputs: names.join(","), destinations: dests.join(":"), generation: report.generation };
+        ChangeContext { outputs: names.join(","), destinations: dests.join(":"), pass: report.pass };
     for a in actions {
         let (kind, what, result) = match &a {
             Action::Signal { signal, to } => (
@@ -102,8 +102,9 @@ struct ChangeContext {
     outputs: String,
     /// KVSYNC_DESTINATIONS: their destinations, colon-separated.
     destinations: String,
-    /// KVSYNC_GENERATION: the pass counter.
-    generation: u64,
+    /// KVSYNC_GENERATION (the variable keeps its published name): the number of the render pass
+    /// that wrote, not a `files` generation directory.
+    pass: u64,
 }
 
 fn no_child() -> String {
@@ -174,7 +175,7 @@ async fn run_command(argv: &[String], timeout: Duration, ctx: &ChangeContext) ->
     cmd.args(&argv[1..])
         .env("KVSYNC_OUTPUTS", &ctx.outputs)
         .env("KVSYNC_DESTINATIONS", &ctx.destinations)
-        .env("KVSYNC_GENERATION", ctx.generation.to_string())
+        .env("KVSYNC_GENERATION", ctx.pass.to_string())
         .stdin(std::process::Stdio::null())
         .process_group(0)
         .kill_on_drop(true);

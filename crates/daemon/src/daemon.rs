@@ -40,8 +40,8 @@ pub struct Session {
     /// Names of the outputs that have rendered since kvsync started: their next write is not a
     /// "first render" for `on_start`, even after a reload.
     pub rendered: BTreeSet<String>,
-    /// Render passes that wrote something (KVSYNC_GENERATION).
-    pub generation: u64,
+    /// Render passes that wrote something (given to commands as KVSYNC_GENERATION).
+    pub passes: u64,
     /// `kvsync exec`: the child to start after the first full render.
     pub exec: Option<ExecSlot>,
     /// Validated new configurations (SIGHUP, an edited config or template file).
@@ -550,8 +550,8 @@ fn render_pass(
         }
     });
     if !report.written.is_empty() {
-        session.generation += 1;
-        report.generation = session.generation;
+        session.passes += 1;
+        report.pass = session.passes;
     }
     (report, first_error)
 }
