@@ -170,7 +170,7 @@ fn consul_by_key_explode_scratch() {
 #[test]
 fn consul_to_yaml_and_toml() {
     let r = render(Dialect::ConsulTemplate, consul_kv(), r#"{{tree "service/redis" | explode | toYAML}}"#).unwrap();
-    assert_eq!(r, "config:\n  a: '1'\nmaxconns: '15'\nminconns: '5'\nx: other");
+    assert_eq!(r, "config:\n  a: \"1\"\nmaxconns: \"15\"\nminconns: \"5\"\nx: other");
     let r = render(Dialect::ConsulTemplate, consul_kv(), r#"{{tree "service/redis" | explode | toTOML}}"#).unwrap();
     assert_eq!(r, "maxconns = \"15\"\nminconns = \"5\"\nx = \"other\"\n\n[config]\n  a = \"1\"");
 }
@@ -232,4 +232,14 @@ fn custom_delimiters_leave_braces_alone() {
     let mut out = Vec::new();
     t.execute(&Value::Nil, &dialect::functions(Dialect::ConsulTemplate, kv(&[("a", "v")])), &mut out).unwrap();
     assert_eq!(String::from_utf8(out).unwrap(), "{{ not a template }} v");
+}
+
+#[test]
+fn consul_to_toml_nested_tables_arrays_and_floats() {
+    let t = r#"{{parseJSON "{\"title\":\"x\",\"n\":1e21,\"ratio\":0.5,\"on\":true,\"list\":[1,\"a\"],\"srv\":{\"b\":{\"port\":80},\"a\":\"y z\"},\"items\":[{\"k\":\"1\"},{\"k\":\"2\"}],\"odd key\":\"q\\\"\"}" | toTOML}}"#;
+    let r = render(Dialect::ConsulTemplate, consul_kv(), t).unwrap();
+    assert_eq!(
+        r,
+        "list = [1.0, \"a\"]\nn = 1000000000000000000000.0\n\"odd key\" = \"q\\\"\"\non = true\nratio = 0.5\ntitle = \"x\"\n\n[[items]]\n  k = \"1\"\n\n[[items]]\n  k = \"2\"\n\n[srv]\n  a = \"y z\"\n  [srv.b]\n    port = 80.0"
+    );
 }

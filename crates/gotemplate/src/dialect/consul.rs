@@ -359,17 +359,11 @@ pub(crate) fn functions(kv: Arc<BTreeMap<String, String>>) -> Funcs {
     });
     f.insert("toYAML", |a: &[Value]| -> FResult {
         arity(a, 1, false)?;
-        let y = serde_yaml::to_string(&a[0].to_json()).map_err(|e| FuncError::msg(format!("toYAML: {e}")))?;
-        Ok(Value::String(y.trim().to_string()))
+        Ok(Value::String(super::yaml::to_yaml(&a[0])))
     });
     f.insert("toTOML", |a: &[Value]| -> FResult {
         arity(a, 1, false)?;
-        let Value::Map(m) = &a[0] else {
-            return Err(FuncError::msg("toTOML: toml: top-level values must be Go maps or structs"));
-        };
-        let mut out = String::new();
-        toml_table(&mut out, m, &[]);
-        Ok(Value::String(out.trim().to_string()))
+        to_toml(&a[0]).map(Value::String)
     });
     f.insert("parseJSON", |a: &[Value]| -> FResult {
         arity(a, 1, false)?;
@@ -649,25 +643,151 @@ fn num_int(v: &Value) -> Result<i64, FuncError> {
     }
 }
 
-fn toml_value(v: &Value) -> String {
-    match v {
-        Value::String(s) => toml_string(s),
-        Value::Int(i) => i.to_string(),
-        Value::Float(x) => {
-            let s = crate::printf::sprintf("%v", &[Value::Float(*x)]);
-            if s.contains(['.', 'e', 'I', 'N']) {
-                s
-            } else {
-                format!("{s}.0")
+/// BurntSushi/toml v1.5's encoder (as consul-template's `toTOML` uses it), for template values.
+struct Toml {
+    out: String,
+}
+
+impl Toml {
+    fn newline(&mut self) {
+        if !self.out.is_empty() {
+            self.out.push('\n');
+        }
+    }
+
+    fn indent(key: &[String]) -> String {
+        "  ".repeat(key.len().saturating_sub(1))
+    }
+
+    fn key_str(key: &[String]) -> String {
+        key.iter().map(|k| toml_key(k)).collect::<Vec<_>>().join(".")
+    }
+
+    fn is_table(v: &Value) -> bool {
+        match v {
+            Value::Map(_) | Value::Object(_) => true,
+            Value::List(l) => !l.is_empty() && l.iter().all(|e| matches!(e, Value::Map(_) | Value::Object(_))),
+            _ => false,
+        }
+    }
+
+    fn encode(&mut self, key: &[String], v: &Value) -> Result<(), FuncError> {
+        match v {
+            Value::Nil => Ok(()),
+            Value::Map(m) => self.table(key, m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+            Value::Object(o) => self.table(key, o.fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+            Value::List(l) if Self::is_table(v) => {
+                for e in l {
+                    self.newline();
+                    self.out.push_str(&format!("{}[[{}]]", Self::indent(key), Self::key_str(key)));
+                    self.newline();
+                    let fields: Vec<(String, Value)> = match e {
+                        Value::Map(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                        Value::Object(o) => o.fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                        _ => Vec::new(),
+                    };
+                    self.map_body(key, fields, false)?;
+                }
+                Ok(())
+            }
+            _ => self.key_value(key, v, false),
+        }
+    }
+
+    fn table(&mut self, key: &[String], fields: Vec<(String, Value)>) -> Result<(), FuncError> {
+        if key.len() == 1 {
+            self.newline();
+        }
+        if !key.is_empty() {
+            self.out.push_str(&format!("{}[{}]", Self::indent(key), Self::key_str(key)));
+            self.newline();
+        }
+        self.map_body(key, fields, false)
+    }
+
+    fn map_body(&mut self, key: &[String], mut fields: Vec<(String, Value)>, inline: bool) -> Result<(), FuncError> {
+        fields.sort_by(|a, b| a.0.cmp(&b.0));
+        let (sub, direct): (Vec<_>, Vec<_>) = fields.into_iter().partition(|(_, v)| Self::is_table(v));
+        if inline {
+            self.out.push('{');
+        }
+        let has_sub = !sub.is_empty();
+        for (group, trail) in [(direct, has_sub), (sub, false)] {
+            let n = group.len();
+            for (i, (k, v)) in group.into_iter().enumerate() {
+                if matches!(v, Value::Nil) {
+                    continue;
+                }
+                if inline {
+                    self.key_value(std::slice::from_ref(&k), &v, true)?;
+                    if trail || i != n - 1 {
+                        self.out.push_str(", ");
+                    }
+                } else {
+                    let mut path = key.to_vec();
+                    path.push(k);
+                    self.encode(&path, &v)?;
+                }
             }
         }
-        Value::Bool(b) => b.to_string(),
-        Value::List(l) => format!("[{}]", l.iter().map(toml_value).collect::<Vec<_>>().join(", ")),
-        Value::Map(m) => format!(
-            "{{{}}}",
-            m.iter().map(|(k, v)| format!("{} = {}", toml_key(k), toml_value(v))).collect::<Vec<_>>().join(", ")
-        ),
-        _ => "\"\"".into(),
+        if inline {
+            self.out.push('}');
+        }
+        Ok(())
+    }
+
+    fn key_value(&mut self, key: &[String], v: &Value, inline: bool) -> Result<(), FuncError> {
+        if key.is_empty() {
+            return self.element(v);
+        }
+        self.out.push_str(&format!("{}{} = ", Self::indent(key), toml_key(&key[key.len() - 1])));
+        self.element(v)?;
+        if !inline {
+            self.newline();
+        }
+        Ok(())
+    }
+
+    fn element(&mut self, v: &Value) -> Result<(), FuncError> {
+        match v {
+            Value::String(s) => self.out.push_str(&toml_string(s)),
+            Value::Bool(b) => self.out.push_str(if *b { "true" } else { "false" }),
+            Value::Int(i) => self.out.push_str(&i.to_string()),
+            Value::Float(f) => {
+                if f.is_nan() {
+                    self.out.push_str(if f.is_sign_negative() { "-nan" } else { "nan" });
+                } else if f.is_infinite() {
+                    self.out.push_str(if *f < 0.0 { "-inf" } else { "inf" });
+                } else {
+                    let s = format!("{f}");
+                    self.out.push_str(&s);
+                    if !s.contains('.') {
+                        self.out.push_str(".0");
+                    }
+                }
+            }
+            Value::List(l) => {
+                if l.iter().any(|e| matches!(e, Value::Nil)) {
+                    return Err(FuncError::msg("toTOML: toml: cannot encode array with nil element"));
+                }
+                self.out.push('[');
+                for (i, e) in l.iter().enumerate() {
+                    self.element(e)?;
+                    if i != l.len() - 1 {
+                        self.out.push_str(", ");
+                    }
+                }
+                self.out.push(']');
+            }
+            Value::Map(m) => self.map_body(&[], m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(), true)?,
+            Value::Object(o) => {
+                self.map_body(&[], o.fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect(), true)?
+            }
+            Value::Nil | Value::Func(_) => {
+                return Err(FuncError::msg(format!("toTOML: toml: unsupported type: {}", v.type_name())));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -685,12 +805,12 @@ fn toml_string(s: &str) -> String {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
             '\x08' => out.push_str("\\b"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
             '\x0c' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 || c == '\x7f' => out.push_str(&format!("\\u{:04X}", c as u32)),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 || c == '\x7f' => out.push_str(&format!("\\u{:04x}", c as u32)),
             c => out.push(c),
         }
     }
@@ -698,24 +818,11 @@ fn toml_string(s: &str) -> String {
     out
 }
 
-/// BurntSushi/toml's encoding of a map: plain keys first, then sub-tables, with two-space indents.
-fn toml_table(out: &mut String, m: &BTreeMap<String, Value>, path: &[String]) {
-    let indent = "  ".repeat(path.len());
-    for (k, v) in m {
-        if matches!(v, Value::Map(_) | Value::Nil) {
-            continue;
-        }
-        out.push_str(&format!("{indent}{} = {}\n", toml_key(k), toml_value(v)));
-    }
-    for (k, v) in m {
-        if let Value::Map(sub) = v {
-            let mut p = path.to_vec();
-            p.push(k.clone());
-            let sub_indent = "  ".repeat(p.len() - 1);
-            out.push_str(&format!("\n{sub_indent}[{}]\n", p.iter().map(|x| toml_key(x)).collect::<Vec<_>>().join(".")));
-            toml_table(out, sub, &p);
-        }
-    }
+/// consul-template's `toTOML`.
+fn to_toml(v: &Value) -> Result<String, FuncError> {
+    let mut t = Toml { out: String::new() };
+    t.encode(&[], v)?;
+    Ok(t.out.trim().to_string())
 }
 
 fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {

@@ -16,8 +16,11 @@
 //!   `LockIndex`, `Flags` (always 0 here) and `Session` (always empty): kvsync reads values only.
 //! - `@dc` and `?ns=` suffixes of consul-template key arguments are ignored: kvsync reads the
 //!   source the output is configured with.
-//! - `toYAML` and `toTOML` follow go-yaml v2 and BurntSushi/toml for strings, numbers, booleans, lists
-//!   and maps of those; unusual strings may be quoted differently.
+//! - `toYAML` follows go-yaml v2.4's emitter and `toTOML` BurntSushi/toml v1.5's encoder (the versions
+//!   consul-template builds with) for strings, numbers, booleans, lists and maps; map keys longer than
+//!   128 characters (which go-yaml writes as complex `? ` keys) are written as simple keys.
+//! - consul-template's `containsAll`/`containsAny`/... take a list made by `split` here; in
+//!   consul-template a `[]string` is refused (only `[]interface{}` is accepted).
 //! - `sortByLength` and `sortKVByLength` keep the input order of equal lengths (Go's `sort.Sort`
 //!   does so only for fewer than 13 elements).
 
@@ -31,6 +34,7 @@ mod confd;
 mod consul;
 pub mod dns;
 mod sprig;
+mod yaml;
 
 pub use common::go_json;
 
