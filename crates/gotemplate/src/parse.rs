@@ -1107,8 +1107,11 @@ fn parse_number(text: &str, is_char: bool) -> Result<Number, String> {
         let t = text.trim_start_matches(['+', '-']);
         t.starts_with("0x") || t.starts_with("0X")
     };
+    let is_hex_int = is_hex && !text.contains(['p', 'P']);
     if let Some(i) = int {
         float = Some(i as f64);
+    } else if is_hex && !is_hex_int {
+        float = parse_hex_float(text);
     } else if !is_hex {
         let cleaned: String = text.chars().filter(|c| *c != '_').collect();
         if let Ok(f) = cleaned.parse::<f64>() {
@@ -1128,11 +1131,38 @@ fn parse_number(text: &str, is_char: bool) -> Result<Number, String> {
     if int.is_none() && float.is_none() {
         return Err(format!("illegal number syntax: {:?}", text));
     }
-    let ideal_float = float.is_some() && !is_hex && text.contains(['.', 'e', 'E', 'p', 'P']);
+    let ideal_float = float.is_some() && !is_hex_int && text.contains(['.', 'e', 'E', 'p', 'P']);
     if !ideal_float && int.is_none() {
         return Err(format!("{text} overflows int"));
     }
     Ok(Number { text: text.into(), int, float, ideal_float })
+}
+
+/// A hexadecimal floating-point constant such as `0x1.8p-2`.
+fn parse_hex_float(text: &str) -> Option<f64> {
+    let (neg, t) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let t = t.get(2..)?.replace('_', "");
+    let (mant, exp) = t.split_once(['p', 'P'])?;
+    let exp: i32 = exp.parse().ok()?;
+    let (int, frac) = mant.split_once('.').unwrap_or((mant, ""));
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let mut v = 0f64;
+    for c in int.chars() {
+        v = v * 16.0 + c.to_digit(16)? as f64;
+    }
+    let mut scale = 1.0 / 16.0;
+    for c in frac.chars() {
+        v += c.to_digit(16)? as f64 * scale;
+        scale /= 16.0;
+    }
+    let v = v * 2f64.powi(exp);
+    Some(if neg { -v } else { v })
 }
 
 /// Go's `strconv.ParseInt(text, 0, 64)`.

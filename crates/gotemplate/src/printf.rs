@@ -488,7 +488,7 @@ fn fmt_integer(out: &mut String, i: i64, base: u32, verb: char, f: &Flags, upper
 fn fmt_float_verb(out: &mut String, v: &Value, x: f64, verb: char, f: &Flags) {
     match verb {
         'v' => fmt_float(out, x, 'g', -1, f),
-        'g' | 'G' => fmt_float(out, x, verb, -1, f),
+        'g' | 'G' | 'x' | 'X' => fmt_float(out, x, verb, -1, f),
         'e' | 'E' | 'f' | 'F' => fmt_float(out, x, verb, 6, f),
         _ => bad_verb(out, v, verb, f),
     }
@@ -560,6 +560,7 @@ fn fmt_f_digits(digits: &[u8], dp: i32, prec: usize) -> String {
 fn format_float_abs(x: f64, verb: char, prec: i32) -> String {
     let a = x.abs();
     match verb {
+        'x' | 'X' => hex_float(a, prec, verb),
         'e' | 'E' => {
             let p = if prec < 0 { 6 } else { prec as usize };
             let (d, dp) = decimal(a, Some(p + 1));
@@ -623,7 +624,7 @@ fn fmt_float(out: &mut String, x: f64, verb: char, default_prec: i32, f: &Flags)
     }
     if f.sharp {
         let mut digits: i32 = match verb {
-            'v' | 'g' | 'G' => {
+            'v' | 'g' | 'G' | 'x' | 'X' => {
                 if prec == -1 {
                     6
                 } else {
@@ -639,7 +640,12 @@ fn fmt_float(out: &mut String, x: f64, verb: char, default_prec: i32, f: &Flags)
         while k < num.len() {
             match num[k] {
                 '.' => has_point = true,
-                'e' | 'E' => {
+                'p' | 'P' => {
+                    tail = num[k..].to_vec();
+                    num.truncate(k);
+                    break;
+                }
+                'e' | 'E' if verb != 'x' && verb != 'X' => {
                     tail = num[k..].to_vec();
                     num.truncate(k);
                     break;
@@ -679,6 +685,66 @@ fn fmt_float(out: &mut String, x: f64, verb: char, default_prec: i32, f: &Flags)
         return;
     }
     pad(out, &s[1..], f);
+}
+
+/// Go's `strconv.FormatFloat(a, 'x', prec, 64)` of a non-negative finite number.
+fn hex_float(a: f64, prec: i32, verb: char) -> String {
+    let bits = a.to_bits();
+    let mut exp = ((bits >> 52) & 0x7FF) as i32;
+    let mut mant = bits & ((1u64 << 52) - 1);
+    if exp == 0 {
+        exp += 1;
+    } else {
+        mant |= 1u64 << 52;
+    }
+    exp -= 1023;
+    if mant == 0 {
+        exp = 0;
+    }
+    mant <<= 60 - 52;
+    while mant != 0 && mant & (1u64 << 60) == 0 {
+        mant <<= 1;
+        exp -= 1;
+    }
+    if (0..15).contains(&prec) {
+        let shift = (prec * 4) as u32;
+        let extra = (mant << shift) & ((1u64 << 60) - 1);
+        mant >>= 60 - shift;
+        if extra | (mant & 1) > 1u64 << 59 {
+            mant += 1;
+        }
+        mant <<= 60 - shift;
+        if mant & (1u64 << 61) != 0 {
+            mant >>= 1;
+            exp += 1;
+        }
+    }
+    let hex: &[u8] = if verb == 'X' { b"0123456789ABCDEF" } else { b"0123456789abcdef" };
+    let mut s = String::from("0");
+    s.push(verb);
+    s.push((b'0' + ((mant >> 60) & 1) as u8) as char);
+    mant <<= 4;
+    if prec < 0 && mant != 0 {
+        s.push('.');
+        while mant != 0 {
+            s.push(hex[((mant >> 60) & 15) as usize] as char);
+            mant <<= 4;
+        }
+    } else if prec > 0 {
+        s.push('.');
+        for _ in 0..prec {
+            s.push(hex[((mant >> 60) & 15) as usize] as char);
+            mant <<= 4;
+        }
+    }
+    s.push(if verb == 'X' { 'P' } else { 'p' });
+    s.push(if exp < 0 { '-' } else { '+' });
+    let e = exp.unsigned_abs();
+    if e < 10 {
+        s.push('0');
+    }
+    s.push_str(&e.to_string());
+    s
 }
 
 fn fmt_sx(out: &mut String, b: &[u8], f: &Flags, upper: bool) {
