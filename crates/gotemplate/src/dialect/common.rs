@@ -59,6 +59,24 @@ pub(crate) fn str_list(v: Vec<String>) -> Value {
     Value::List(v.into_iter().map(Value::String).collect())
 }
 
+/// Go's `strings.ToUpper`: simple (one-to-one) case mapping per character.
+pub(crate) fn go_upper(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            let mut u = c.to_uppercase();
+            match (u.next(), u.next()) {
+                (Some(x), None) => x,
+                _ => c,
+            }
+        })
+        .collect()
+}
+
+/// Go's `strings.ToLower`: simple (one-to-one) case mapping per character.
+pub(crate) fn go_lower(s: &str) -> String {
+    s.chars().map(|c| c.to_lowercase().next().unwrap_or(c)).collect()
+}
+
 /// Go's `strings.Split`.
 pub(crate) fn go_split(s: &str, sep: &str) -> Vec<String> {
     if sep.is_empty() {

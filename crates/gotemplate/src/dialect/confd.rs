@@ -178,11 +178,11 @@ pub(crate) fn functions(kv: Arc<BTreeMap<String, String>>) -> Funcs {
     });
     f.insert("toUpper", |a: &[Value]| -> FResult {
         arity(a, 1, false)?;
-        Ok(Value::String(s(a, 0)?.to_uppercase()))
+        Ok(Value::String(super::common::go_upper(&s(a, 0)?)))
     });
     f.insert("toLower", |a: &[Value]| -> FResult {
         arity(a, 1, false)?;
-        Ok(Value::String(s(a, 0)?.to_lowercase()))
+        Ok(Value::String(super::common::go_lower(&s(a, 0)?)))
     });
     f.insert("contains", |a: &[Value]| -> FResult {
         arity(a, 2, false)?;
@@ -201,7 +201,8 @@ pub(crate) fn functions(kv: Arc<BTreeMap<String, String>>) -> Funcs {
     f.insert("json", |a: &[Value]| -> FResult {
         arity(a, 1, false)?;
         match json_decode_go(&s(a, 0)?)? {
-            v @ (Value::Map(_) | Value::Nil) => Ok(v),
+            v @ Value::Map(_) => Ok(v),
+            Value::Nil => Ok(Value::Map(BTreeMap::new())),
             other => Err(FuncError::msg(format!(
                 "json: cannot unmarshal {} into Go value of type map[string]interface {{}}",
                 json_kind(&other)
@@ -211,7 +212,8 @@ pub(crate) fn functions(kv: Arc<BTreeMap<String, String>>) -> Funcs {
     f.insert("jsonArray", |a: &[Value]| -> FResult {
         arity(a, 1, false)?;
         match json_decode_go(&s(a, 0)?)? {
-            v @ (Value::List(_) | Value::Nil) => Ok(v),
+            v @ Value::List(_) => Ok(v),
+            Value::Nil => Ok(Value::List(Vec::new())),
             other => Err(FuncError::msg(format!(
                 "json: cannot unmarshal {} into Go value of type []interface {{}}",
                 json_kind(&other)

@@ -141,6 +141,24 @@ fn explode_into(m: &mut BTreeMap<String, Value>, k: &str, v: Value, p: &str) -> 
     Ok(())
 }
 
+/// mergo.Map: keys of `src` missing (or empty) in `dst` are added, nested maps are merged; with
+/// `overwrite`, values of `src` replace those of `dst` unless they are empty.
+fn merge(dst: &mut BTreeMap<String, Value>, src: &BTreeMap<String, Value>, overwrite: bool) {
+    for (k, v) in src {
+        match (dst.get_mut(k), v) {
+            (Some(Value::Map(d)), Value::Map(s)) => merge(d, s, overwrite),
+            (Some(d), v) => {
+                if (!d.is_true() || overwrite) && v.is_true() {
+                    *d = v.clone();
+                }
+            }
+            (None, v) => {
+                dst.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
 /// consul-template's `scratch`: a per-render key/value store with methods.
 #[derive(Default)]
 struct Scratch {
@@ -228,7 +246,7 @@ fn title(x: &str) -> String {
     let mut prev_letter = false;
     for c in x.chars() {
         if !prev_letter && c.is_alphabetic() {
-            out.extend(c.to_uppercase());
+            out.push_str(&super::common::go_upper(&c.to_string()));
         } else {
             out.push(c);
         }
@@ -382,6 +400,36 @@ pub(crate) fn functions(kv: Arc<BTreeMap<String, String>>) -> Funcs {
         let j: serde_json::Value = serde_yaml::from_str(&x).map_err(|e| FuncError::msg(format!("yaml: {e}")))?;
         Ok(Value::from_json(&j))
     });
+    f.insert("parseUint", |a: &[Value]| -> FResult {
+        arity(a, 1, false)?;
+        let x = s(a, 0)?;
+        if x.is_empty() {
+            return Ok(Value::Int(0));
+        }
+        if x.starts_with(['+', '-']) {
+            return Err(FuncError::msg(format!(
+                "parseUint: strconv.ParseUint: parsing {}: invalid syntax",
+                crate::printf::quote(&x)
+            )));
+        }
+        atoi(&x, "ParseUint").map(Value::Int).map_err(|e| FuncError::msg(format!("parseUint: {e}")))
+    });
+    for (name, overwrite) in [("mergeMap", false), ("mergeMapWithOverride", true)] {
+        f.insert(name, move |a: &[Value]| -> FResult {
+            arity(a, 2, false)?;
+            match (&a[0], &a[1]) {
+                (Value::Map(dst), Value::Map(src)) => {
+                    let mut out = dst.clone();
+                    merge(&mut out, src, overwrite);
+                    Ok(Value::Map(out))
+                }
+                (x, y) => Err(FuncError::msg(format!(
+                    "wrong type for value; expected map[string]interface {{}}; got {}",
+                    if matches!(x, Value::Map(_)) { y.type_name() } else { x.type_name() }
+                ))),
+            }
+        });
+    }
     f.insert("parseBool", |a: &[Value]| -> FResult {
         arity(a, 1, false)?;
         let x = s(a, 0)?;
@@ -490,11 +538,11 @@ pub(crate) fn functions(kv: Arc<BTreeMap<String, String>>) -> Funcs {
     });
     f.insert("toLower", |a: &[Value]| -> FResult {
         arity(a, 1, false)?;
-        Ok(Value::String(s(a, 0)?.to_lowercase()))
+        Ok(Value::String(super::common::go_lower(&s(a, 0)?)))
     });
     f.insert("toUpper", |a: &[Value]| -> FResult {
         arity(a, 1, false)?;
-        Ok(Value::String(s(a, 0)?.to_uppercase()))
+        Ok(Value::String(super::common::go_upper(&s(a, 0)?)))
     });
     f.insert("toTitle", |a: &[Value]| -> FResult {
         arity(a, 1, false)?;

@@ -98,6 +98,10 @@ const CONSUL_REFUSED: &[&str] = &[
     "byTag",
     "byPort",
     "byMeta",
+    "spew_dump",
+    "spew_printf",
+    "spew_sdump",
+    "spew_sprintf",
 ];
 
 /// For a function the old tool has but kvsync does not render: what kvsync reads instead (for
@@ -124,6 +128,9 @@ pub fn refused(dialect: Dialect, name: &str) -> Option<&'static str> {
         "executeTemplate" => "kvsync renders one template file per output: use `{{template \"name\" .}}` with a `define` in the same file",
         "file" => "kvsync renders from KV only: use a `format: files` or `raw` output, or store the file's content under a KV key",
         "writeToFile" => "kvsync writes only the output's destination: declare another output for that file",
+        "spew_dump" | "spew_printf" | "spew_sdump" | "spew_sprintf" => {
+            "go-spew's dumps of Go's internal types are not reproduced: use `printf \"%#v\"` or `toJSONPretty`"
+        }
         "sockaddr" => "kvsync does not inspect network interfaces while rendering: store the address under a KV key or use `env`",
         _ => return None,
     })

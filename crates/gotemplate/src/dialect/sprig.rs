@@ -28,8 +28,8 @@ pub(crate) fn add(f: &mut Funcs) {
             Ok(Value::String(op(&s(a, 0)?)))
         });
     };
-    one(f, "upper", |x| x.to_uppercase());
-    one(f, "lower", |x| x.to_lowercase());
+    one(f, "upper", super::common::go_upper);
+    one(f, "lower", super::common::go_lower);
     one(f, "trim", |x| x.trim().to_string());
     one(f, "nospace", |x| x.chars().filter(|c| !c.is_whitespace()).collect());
     one(f, "b64enc", |x| base64::engine::general_purpose::STANDARD.encode(x));
@@ -42,7 +42,7 @@ pub(crate) fn add(f: &mut Funcs) {
         let mut start = true;
         for c in x.chars() {
             if start {
-                out.extend(c.to_uppercase());
+                out.push_str(&super::common::go_upper(&c.to_string()));
             } else {
                 out.push(c);
             }
