@@ -5,8 +5,8 @@ use crate::printf;
 use crate::value::{FuncError, Value};
 use crate::{Error, Funcs, Template};
 
-/// Go's limit on nested template invocations.
-const MAX_EXEC_DEPTH: usize = 100_000 / 100;
+/// The limit on nested template invocations (Go's is 100000; 2000 keeps a render within its stack).
+const MAX_EXEC_DEPTH: usize = 2000;
 
 /// Why a walk stopped early: an error, or `{{break}}` / `{{continue}}` unwinding to their range.
 pub(crate) enum Stop {

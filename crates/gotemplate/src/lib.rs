@@ -185,7 +185,7 @@ impl Template {
     pub fn parse(name: &str, text: &str, options: &Options, funcs: &FuncNames) -> Result<Template, Error> {
         let left = if options.left_delim.is_empty() { "{{" } else { &options.left_delim };
         let right = if options.right_delim.is_empty() { "}}" } else { &options.right_delim };
-        let parsed = parse::parse(name, text, left, right, &funcs.0)?;
+        let parsed = on_big_stack(|| parse::parse(name, text, left, right, &funcs.0))?;
         Ok(Template { name: name.to_string(), text: text.to_string(), trees: parsed.trees })
     }
 
@@ -215,7 +215,31 @@ impl Template {
     /// Executes the template with `data` as dot, writing to `out`. On error, `out` holds what was
     /// written before it (as in Go); callers that must not publish partial output discard it.
     pub fn execute(&self, data: &Value, funcs: &Funcs, out: &mut Vec<u8>) -> Result<(), Error> {
-        exec::State::new(self, funcs, out).run(data)
+        on_big_stack(|| exec::State::new(self, funcs, out).run(data))
+    }
+}
+
+/// The stack for parsing and executing: deeply nested templates, `{{template}}` recursion and deeply
+/// nested values recurse, and a runtime worker's stack (2 MiB) is not enough for Go's limits.
+const STACK_SIZE: usize = 256 * 1024 * 1024;
+
+/// Runs `f` on a thread with a [`STACK_SIZE`] stack (address space only; pages are used as touched),
+/// or on the current thread when no thread can be started.
+fn on_big_stack<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let mut f = Some(f);
+    let result = std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("gotemplate".into())
+            .stack_size(STACK_SIZE)
+            .spawn_scoped(scope, || (f.take().expect("run once"))());
+        match spawned {
+            Ok(handle) => Some(handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))),
+            Err(_) => None,
+        }
+    });
+    match result {
+        Some(r) => r,
+        None => (f.take().expect("not run yet"))(),
     }
 }
 

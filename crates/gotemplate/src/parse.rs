@@ -594,11 +594,16 @@ struct Parser<'a> {
     i: usize,
     vars: Vec<String>,
     range_depth: usize,
+    /// Nesting of control structures and parentheses.
+    depth: usize,
     funcs: &'a BTreeSet<String>,
     trees: BTreeMap<String, Vec<Node>>,
 }
 
 type PResult<T> = Result<T, Error>;
+
+/// How deeply control structures and parentheses may nest.
+const MAX_NESTING: usize = 10_000;
 
 pub(crate) fn parse(
     name: &str,
@@ -620,8 +625,17 @@ pub(crate) fn parse(
         let (line, col) = line_col(text, e.pos);
         Error::Parse { name: name.to_string(), line, col, message: e.msg }
     })?;
-    let mut p =
-        Parser { name, text, toks, i: 0, vars: vec!["$".into()], range_depth: 0, funcs, trees: BTreeMap::new() };
+    let mut p = Parser {
+        name,
+        text,
+        toks,
+        i: 0,
+        vars: vec!["$".into()],
+        range_depth: 0,
+        depth: 0,
+        funcs,
+        trees: BTreeMap::new(),
+    };
     let root = p.parse_root()?;
     add_tree(&mut p.trees, name, root, name, text, 0)?;
     Ok(Parsed { trees: p.trees })
@@ -876,6 +890,24 @@ impl<'a> Parser<'a> {
     }
 
     fn control(&mut self, context: &str) -> PResult<Node> {
+        self.enter()?;
+        let r = self.control_inner(context);
+        self.depth -= 1;
+        r
+    }
+
+    /// Counts one more level of nesting; refuses templates nested deeper than [`MAX_NESTING`].
+    fn enter(&mut self) -> PResult<()> {
+        self.depth += 1;
+        if self.depth > MAX_NESTING {
+            let pos = self.peek().pos;
+            self.depth -= 1;
+            return self.err(pos, format!("template nested more than {MAX_NESTING} levels deep"));
+        }
+        Ok(())
+    }
+
+    fn control_inner(&mut self, context: &str) -> PResult<Node> {
         let nvars = self.vars.len();
         let pipe = self.pipeline(context, Tok::RightDelim)?;
         if context == "range" {
@@ -1070,7 +1102,12 @@ impl<'a> Parser<'a> {
                 Ok(n) => Arg::Number(t.pos, n),
                 Err(m) => return self.err(t.pos, m),
             },
-            Tok::LeftParen => Arg::Pipe(Box::new(self.pipeline("parenthesized pipeline", Tok::RightParen)?)),
+            Tok::LeftParen => {
+                self.enter()?;
+                let p = self.pipeline("parenthesized pipeline", Tok::RightParen);
+                self.depth -= 1;
+                Arg::Pipe(Box::new(p?))
+            }
             Tok::Str(s) | Tok::RawStr(s) => Arg::String(t.pos, s),
             _ => {
                 self.backup();

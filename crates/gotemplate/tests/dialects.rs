@@ -243,3 +243,42 @@ fn consul_to_toml_nested_tables_arrays_and_floats() {
         "list = [1.0, \"a\"]\nn = 1000000000000000000000.0\n\"odd key\" = \"q\\\"\"\non = true\nratio = 0.5\ntitle = \"x\"\n\n[[items]]\n  k = \"1\"\n\n[[items]]\n  k = \"2\"\n\n[srv]\n  a = \"y z\"\n  [srv.b]\n    port = 80.0"
     );
 }
+
+#[test]
+fn endless_template_recursion_is_an_error_not_a_crash() {
+    // Run on a thread with a small stack, as a render on a runtime worker would.
+    let handle = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(|| {
+            let names = gotemplate::FuncNames::builtins();
+            let t = Template::parse(
+                "t",
+                r#"{{define "r"}}{{if true}}{{with .}}{{template "r" .}}{{end}}{{end}}{{end}}{{template "r" 1}}"#,
+                &Options::default(),
+                &names,
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            t.execute(&Value::Nil, &gotemplate::Funcs::default(), &mut out).unwrap_err().to_string()
+        })
+        .unwrap();
+    let msg = handle.join().expect("no stack overflow");
+    assert!(msg.contains("exceeded maximum template depth"), "{msg}");
+}
+
+#[test]
+fn very_deep_nesting_is_an_error_not_a_crash() {
+    let names = gotemplate::FuncNames::builtins();
+    let text = format!("{}1{}", "{{if true}}".repeat(20_000), "{{end}}".repeat(20_000));
+    let e = Template::parse("deep", &text, &Options::default(), &names).unwrap_err();
+    assert!(e.to_string().contains("nested more than 10000 levels deep"), "{e}");
+    let text = format!("{{{{{}1{}}}}}", "(".repeat(20_000), ")".repeat(20_000));
+    let e = Template::parse("deep", &text, &Options::default(), &names).unwrap_err();
+    assert!(e.to_string().contains("nested more than 10000 levels deep"), "{e}");
+    // 5000 levels are fine.
+    let text = format!("{}1{}", "{{if true}}".repeat(5_000), "{{end}}".repeat(5_000));
+    let t = Template::parse("deep", &text, &Options::default(), &names).unwrap();
+    let mut out = Vec::new();
+    t.execute(&Value::Nil, &gotemplate::Funcs::default(), &mut out).unwrap();
+    assert_eq!(out, b"1");
+}
