@@ -523,6 +523,57 @@ impl<'a> State<'a> {
                 }
                 .map(Value::Bool)
             }
+            "executeTemplate" => {
+                // consul-template's executeTemplate: a template defined in this file, rendered to a string.
+                want(self, 1, false)?;
+                let Value::String(tname) = &argv[0] else {
+                    return Err(self.err(
+                        pos,
+                        name,
+                        format!("wrong type for value; expected string; got {}", argv[0].type_name()),
+                    ));
+                };
+                if argv.len() > 2 {
+                    return Err(self.func_err(
+                        pos,
+                        name,
+                        name,
+                        FuncError::msg(format!(
+                            "executeTemplate: wrong number of arguments, expected 1 or 2, but got {}",
+                            argv.len()
+                        )),
+                    ));
+                }
+                let Some(tree) = self.tmpl.trees.get(tname) else {
+                    return Err(self.func_err(
+                        pos,
+                        name,
+                        name,
+                        FuncError::msg(format!(
+                            "template: no template {tname:?} associated with template {:?}",
+                            self.tmpl.name
+                        )),
+                    ));
+                };
+                if self.depth >= MAX_EXEC_DEPTH {
+                    return Err(self.err(pos, name, format!("exceeded maximum template depth ({MAX_EXEC_DEPTH})")));
+                }
+                let data = argv.get(1).cloned().unwrap_or(Value::Nil);
+                let mut buf = Vec::new();
+                let mut sub = State {
+                    tmpl: self.tmpl,
+                    funcs: self.funcs,
+                    out: &mut buf,
+                    name: tname.clone(),
+                    vars: vec![("$".into(), data.clone())],
+                    depth: self.depth + 1,
+                };
+                match sub.walk_list(&Dot { value: data, iface_nil: false }, tree) {
+                    Ok(()) | Err(Stop::Break) | Err(Stop::Continue) => {}
+                    Err(e) => return Err(e),
+                }
+                Ok(Value::String(String::from_utf8_lossy(&buf).into_owned()))
+            }
             "call" => {
                 want(self, 1, false)?;
                 match &argv[0] {

@@ -184,7 +184,7 @@ fn refused_functions_are_named_with_what_kvsync_reads_instead() {
     assert_eq!(calls, vec![Call { name: "service".into(), line: 2, col: 9, args: vec![Some("web".into())] }]);
     let why = dialect::refused(Dialect::ConsulTemplate, "service").unwrap();
     assert!(why.contains("KV"), "{why}");
-    for n in ["secret", "pkiCert", "nomadVar", "plugin", "executeTemplate", "connect", "nodes"] {
+    for n in ["secret", "pkiCert", "nomadVar", "plugin", "connect", "nodes", "spew_dump"] {
         assert!(dialect::refused(Dialect::ConsulTemplate, n).is_some(), "{n}");
     }
     assert_eq!(dialect::refused(Dialect::ConsulTemplate, "key"), None);
@@ -281,4 +281,17 @@ fn very_deep_nesting_is_an_error_not_a_crash() {
     let mut out = Vec::new();
     t.execute(&Value::Nil, &gotemplate::Funcs::default(), &mut out).unwrap();
     assert_eq!(out, b"1");
+}
+
+#[test]
+fn consul_execute_template_renders_a_defined_template() {
+    let r = render(
+        Dialect::ConsulTemplate,
+        consul_kv(),
+        r#"{{define "item"}}<{{.}}>{{end}}{{define "plain"}}p{{end}}{{executeTemplate "item" "a" | toUpper}} {{executeTemplate "plain"}}"#,
+    )
+    .unwrap();
+    assert_eq!(r, "<A> p");
+    let e = render(Dialect::ConsulTemplate, consul_kv(), r#"{{executeTemplate "nope"}}"#).unwrap_err();
+    assert!(e.to_string().contains(r#"no template "nope""#), "{e}");
 }

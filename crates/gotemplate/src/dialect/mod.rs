@@ -9,7 +9,7 @@
 //!
 //! # What differs from the old tools
 //! - consul-template's `key` on a missing key makes the output wait: the call fails with
-//!   [`FuncError::MissingKey`] and [`crate::Template::execute`] returns [`crate::Error::MissingKey`].
+//!   [`crate::FuncError::MissingKey`] and [`crate::Template::execute`] returns [`crate::Error::MissingKey`].
 //!   `safeLs`/`safeTree` on an empty prefix do the same. `keyOrDefault`, `keyExists`, `ls` and `tree` do
 //!   not wait (as in consul-template).
 //! - consul-template's `KeyPair` has `Path`, `Key`, `Value` and `CreateIndex`, `ModifyIndex`,
@@ -65,6 +65,10 @@ pub fn names(dialect: Dialect) -> FuncNames {
     for r in refused {
         n.insert(*r);
     }
+    if dialect == Dialect::ConsulTemplate {
+        // Run by the engine itself: it renders a template defined in the same file.
+        n.insert("executeTemplate");
+    }
     n
 }
 
@@ -86,7 +90,6 @@ const CONSUL_REFUSED: &[&str] = &[
     "nomadVar",
     "nomadVarExists",
     "plugin",
-    "executeTemplate",
     "datacenters",
     "partitions",
     "peerings",
@@ -125,7 +128,6 @@ pub fn refused(dialect: Dialect, name: &str) -> Option<&'static str> {
             "kvsync does not read Nomad: store the values under a Consul or etcd KV prefix"
         }
         "plugin" => "kvsync does not run programs while rendering: compute the value beforehand and store it under a KV prefix, or use an output `check`/action",
-        "executeTemplate" => "kvsync renders one template file per output: use `{{template \"name\" .}}` with a `define` in the same file",
         "file" => "kvsync renders from KV only: use a `format: files` or `raw` output, or store the file's content under a KV key",
         "writeToFile" => "kvsync writes only the output's destination: declare another output for that file",
         "spew_dump" | "spew_printf" | "spew_sdump" | "spew_sprintf" => {
