@@ -3,7 +3,6 @@
 //! the signals it receives, its environment) to files, so a test can tell exactly what kvsync did.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -75,7 +74,8 @@ impl Fixture {
     pub fn put(&self, key: &str, value: &str) {
         let p = self.path().join("kv").join(key);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        let tmp = p.with_extension("kvsync-test-tmp");
+        // Staged outside the watched tree, so the source never sees the temp file as a key.
+        let tmp = self.path().join("put.kvsync-test-tmp");
         std::fs::write(&tmp, value).unwrap();
         std::fs::rename(&tmp, &p).unwrap();
     }
@@ -167,9 +167,4 @@ pub fn signal(pid: u32, sig: i32) {
     let p = rustix::process::Pid::from_raw(pid as i32).expect("pid");
     let s = rustix::process::Signal::from_named_raw(sig).expect("signal");
     let _ = rustix::process::kill_process(p, s);
-}
-
-/// A short pause, for checking that something does NOT happen after what should have happened did.
-pub fn settle() {
-    std::thread::sleep(Duration::from_millis(400));
 }

@@ -1,29 +1,86 @@
 //! The real `kvsync` binary, started as a separate process.
 //!
 //! The binary is found through `KVSYNC_BIN`, or next to the test executable's target directory
-//! (`target/<profile>/kvsync`); `./scripts/test` builds it before running the tests.
+//! (`target/<profile>/kvsync`); `./scripts/test` builds it before running the tests. A binary older
+//! than any source file it was built from is refused, so `cargo test` alone never tests stale code.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
 
-/// The path of the kvsync binary under test.
+/// The path of the kvsync binary under test; panics when it is missing or older than its sources.
 pub fn binary() -> PathBuf {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BINARY.get_or_init(find_binary).clone().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn find_binary() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("KVSYNC_BIN") {
-        return PathBuf::from(p);
+        return Ok(PathBuf::from(p));
     }
     // target/<profile>/deps/<test-binary> -> target/<profile>/kvsync
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let profile_dir = exe.parent().and_then(Path::parent).ok_or("no target/<profile> above the test binary")?;
     let bin = profile_dir.join("kvsync");
-    assert!(
-        bin.exists(),
-        "{} does not exist: build it first (`cargo build -p kvsync`, which ./scripts/test does) or set KVSYNC_BIN",
-        bin.display()
-    );
-    bin
+    let build = "run ./scripts/test, or `cargo build -p kvsync --bin kvsync` before `cargo test`, or set KVSYNC_BIN";
+    let built =
+        std::fs::metadata(&bin).and_then(|m| m.modified()).map_err(|e| format!("{}: {e}: {build}", bin.display()))?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or("no workspace above tests/")?;
+    if let Some((newer, when)) = newest_source(&profile_dir.join("kvsync.d"), workspace).filter(|(_, t)| *t > built) {
+        let by = when.duration_since(built).unwrap_or_default();
+        return Err(format!(
+            "{} is older than its source {} (changed {by:.1?} after the build): the tests would run stale code; {build}",
+            bin.display(),
+            newer.display()
+        ));
+    }
+    Ok(bin)
+}
+
+/// The most recently modified source file of the binary, from cargo's dep-info file next to it
+/// (`kvsync.d`: `target: src1 src2 ...`); without one, every file under `crates/`. Paths recorded in
+/// another checkout of the same workspace (a copied target directory) are read in this one.
+fn newest_source(dep_info: &Path, workspace: &Path) -> Option<(PathBuf, SystemTime)> {
+    let files: Vec<PathBuf> = match std::fs::read_to_string(dep_info) {
+        Ok(text) => {
+            // Spaces inside a path are escaped as `\ `.
+            let deps = text.lines().next()?.split_once(": ")?.1.replace("\\ ", "\u{0}");
+            deps.split(' ')
+                .filter(|d| !d.is_empty())
+                .map(|d| PathBuf::from(d.replace('\u{0}', " ")))
+                .filter_map(|p| {
+                    if p.starts_with(workspace) {
+                        return Some(p);
+                    }
+                    let s = p.to_string_lossy();
+                    // Only the workspace's own sources; registry crates and generated files are skipped.
+                    s.find("/crates/").map(|i| workspace.join(&s[i + 1..]))
+                })
+                .collect()
+        }
+        Err(_) => {
+            let mut all = Vec::new();
+            let mut dirs = vec![workspace.join("crates")];
+            while let Some(d) = dirs.pop() {
+                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                    let p = e.path();
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        dirs.push(p);
+                    } else {
+                        all.push(p);
+                    }
+                }
+            }
+            all
+        }
+    };
+    files
+        .into_iter()
+        .filter_map(|p| std::fs::metadata(&p).and_then(|m| m.modified()).ok().map(|t| (p, t)))
+        .max_by_key(|(_, t)| *t)
 }
 
 /// A command for the kvsync binary with logs at debug level in text form.
@@ -33,11 +90,11 @@ pub fn command(args: &[&str]) -> Command {
     c
 }
 
-/// Runs kvsync to completion (bounded by `timeout`); returns its status, stdout and stderr.
+/// Runs kvsync to completion (bounded by `timeout`); returns its status, stdout and stderr, complete.
 pub fn run(args: &[&str], timeout: Duration) -> (ExitStatus, String, String) {
     let mut child = command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start kvsync");
-    let out = drain(child.stdout.take().expect("stdout"));
-    let err = drain(child.stderr.take().expect("stderr"));
+    let mut out = Capture::start(child.stdout.take().expect("stdout"));
+    let mut err = Capture::start(child.stderr.take().expect("stderr"));
     let start = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
@@ -46,35 +103,65 @@ pub fn run(args: &[&str], timeout: Duration) -> (ExitStatus, String, String) {
         if start.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("kvsync {args:?} did not exit within {timeout:?}; stderr so far:\n{}", err.lock().unwrap());
+            panic!("kvsync {args:?} did not exit within {timeout:?}; stderr so far:\n{}", err.text());
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    // Let the reader threads see EOF.
-    std::thread::sleep(Duration::from_millis(20));
-    let o = out.lock().unwrap().clone();
-    let e = err.lock().unwrap().clone();
-    (status, o, e)
+    // The output is complete once each reader has seen the end of its pipe.
+    (status, out.finish(timeout), err.finish(timeout))
 }
 
-fn drain(r: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
-    let buf = Arc::new(Mutex::new(String::new()));
-    let b = Arc::clone(&buf);
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            let mut g = b.lock().unwrap();
-            g.push_str(&line);
-            g.push('\n');
+/// A pipe read line by line into a shared buffer by a thread of its own.
+struct Capture {
+    buf: Arc<Mutex<String>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Capture {
+    fn start(r: impl std::io::Read + Send + 'static) -> Capture {
+        let buf = Arc::new(Mutex::new(String::new()));
+        let b = Arc::clone(&buf);
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(r).lines() {
+                let Ok(line) = line else { break };
+                let mut g = b.lock().unwrap();
+                g.push_str(&line);
+                g.push('\n');
+            }
+        });
+        Capture { buf, reader: Some(reader) }
+    }
+
+    fn text(&self) -> String {
+        self.buf.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until the writer's end of the pipe is closed and everything is read, then
+    /// returns all of it. Panics when a process that inherited the pipe keeps it open.
+    #[track_caller]
+    fn finish(&mut self, timeout: Duration) -> String {
+        if let Some(reader) = self.reader.take() {
+            let start = Instant::now();
+            while !reader.is_finished() {
+                if start.elapsed() > timeout {
+                    panic!(
+                        "the output of kvsync did not end within {timeout:?} after it exited (a process it \
+                         started still holds the pipe); so far:\n{}",
+                        self.text()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            reader.join().expect("the reader thread");
         }
-    });
-    buf
+        self.text()
+    }
 }
 
 /// A running kvsync daemon. Killed when dropped; `stop` asks it to shut down with SIGTERM.
 pub struct Daemon {
     child: Option<Child>,
-    log: Arc<Mutex<String>>,
+    log: Capture,
 }
 
 impl Daemon {
@@ -86,7 +173,7 @@ impl Daemon {
     /// Starts a prepared command (extra env, cwd) with its stderr captured.
     pub fn start_with(mut cmd: Command) -> Daemon {
         let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start kvsync");
-        let log = drain(child.stderr.take().expect("stderr"));
+        let log = Capture::start(child.stderr.take().expect("stderr"));
         Daemon { child: Some(child), log }
     }
 
@@ -96,7 +183,7 @@ impl Daemon {
 
     /// Everything kvsync logged so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.log.text()
     }
 
     /// Waits until the log contains `needle`.
@@ -145,7 +232,7 @@ impl Daemon {
         self.wait(Duration::from_secs(15))
     }
 
-    /// Waits for the process to exit by itself.
+    /// Waits for the process to exit by itself; the log is complete when it returns.
     #[track_caller]
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let child = self.child.as_mut().expect("running");
@@ -153,7 +240,7 @@ impl Daemon {
         loop {
             if let Some(s) = child.try_wait().expect("wait") {
                 self.child = None;
-                std::thread::sleep(Duration::from_millis(20));
+                self.log.finish(timeout);
                 return s;
             }
             if start.elapsed() > timeout {

@@ -8,4 +8,8 @@ pub mod fault_proxy;
 pub mod fixture;
 pub mod http;
 pub mod kvsync;
+pub mod leaks;
+pub mod namespace;
+pub mod skip;
+pub mod tls_front;
 pub mod wait;

@@ -38,12 +38,23 @@ fn child_gets_sighup_on_change_but_not_on_first_render() {
     wait::until(T, "the child to start", || fx.starts().len() == 1);
     // The child was started after the first render: the file is there, no signal (on_start: false).
     assert_eq!(std::fs::read_to_string(fx.out("a.json")).unwrap(), "{\n  \"x\": \"1\"\n}\n");
-    kvsync_tests::fixture::settle();
-    assert_eq!(fx.count("HUP"), 0, "no signal for the first render: {:?}", fx.events());
     fx.put("a/x", "2");
     wait::until(T, "the child to get SIGHUP", || fx.count("HUP") == 1);
+    // Counted once kvsync has stopped, when nothing more can happen: one signal, for the change (a
+    // signal for the first render would make two), sent once (one action line in the complete log).
+    let (status, log) = stop(d);
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(fx.count("HUP"), 1, "no signal for the first render: {:?}", fx.events());
+    assert_eq!(log.matches("on_change SIGHUP to child").count(), 1, "{log}");
     assert_eq!(fx.starts().len(), 1, "signalled, not restarted: {:?}", fx.events());
-    assert_eq!(d.stop().code(), Some(0));
+}
+
+/// Stops kvsync with SIGTERM and returns its status and its complete log. The recording child has
+/// recorded every signal sent before its TERM (a trap for a lower-numbered signal runs first).
+fn stop(mut d: Daemon) -> (std::process::ExitStatus, String) {
+    d.signal(15);
+    let status = d.wait(T);
+    (status, d.log())
 }
 
 #[test]
@@ -84,9 +95,10 @@ fn two_outputs_changing_in_one_pass_send_one_signal() {
     wait::file_is(&fx.out("b.json"), "{\n  \"y\": \"2\"\n}\n", T);
     wait::file_is(&fx.out("a.json"), "{\n  \"x\": \"2\"\n}\n", T);
     wait::until(T, "the child to get SIGHUP", || fx.count("HUP") >= 1);
-    kvsync_tests::fixture::settle();
-    assert_eq!(fx.count("HUP"), 1, "one pass, one signal: {:?}\n{}", fx.events(), d.log());
-    d.stop();
+    // Counted once kvsync has stopped: every pass and its actions are over and logged.
+    let (_, log) = stop(d);
+    assert_eq!(log.matches("on_change SIGHUP to child").count(), 1, "one pass, one signal: {log}");
+    assert_eq!(fx.count("HUP"), 1, "one pass, one signal: {:?}\n{log}", fx.events());
 }
 
 #[test]
@@ -227,7 +239,8 @@ fn orphans_are_reaped_with_subreaper_and_the_childs_status_is_kept() {
     fx.put("a/x", "1");
     let script = fx.write_file(
         "orphans.sh",
-        "#!/bin/sh\nfor i in 1 2 3 4 5; do (sleep 0.1 & echo $! >> {rec}/orphans) ; done\nsleep 1.5\nexit 5\n",
+        "#!/bin/sh\nfor i in 1 2 3 4 5; do (sleep 0.1 & echo $! >> {rec}/orphans) ; done\n\
+         i=0\nwhile [ ! -e {rec}/done ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\nexit 5\n",
     );
     kvsync_tests::fixture::make_executable(&script);
     let cfg = config(&fx, "      []", "");
@@ -239,35 +252,47 @@ fn orphans_are_reaped_with_subreaper_and_the_childs_status_is_kept() {
         std::fs::read_to_string(fx.rec().join("orphans")).unwrap_or_default().lines().count() == 5
     });
     d.wait_log("reaped orphaned processes", T);
-    // While the child still runs (it sleeps 1.5 s), no zombie is left under kvsync.
-    wait::until(T, "no zombie children of kvsync", || zombie_children(pid).is_empty());
+    // While the child still runs (until rec/done exists), no zombie is left under a live kvsync.
+    wait::until(T, "no zombie children of a live kvsync", || zombie_children(pid).is_empty() && alive(pid));
+    std::fs::write(fx.rec().join("done"), "").unwrap();
     assert_eq!(d.wait(T).code(), Some(5), "the child's own status was not stolen: {}", d.log());
 }
 
-/// kvsync as PID 1 of a new PID namespace (`unshare --pid --fork --mount-proc`, needs root): orphans
-/// come to it without any subreaper registration.
+/// kvsync as PID 1 of a new PID namespace (`unshare --pid --fork --mount-proc`, with `--user
+/// --map-root-user` when not root): orphans come to it without any subreaper registration, and none
+/// is left a zombie.
 #[test]
 fn orphans_are_reaped_as_pid_1() {
-    if !rustix::process::geteuid().is_root()
-        || !std::process::Command::new("unshare")
-            .args(["--pid", "--fork", "--mount-proc", "true"])
-            .status()
-            .is_ok_and(|s| s.success())
-    {
-        eprintln!("SKIPPED: unshare --pid --fork --mount-proc is not available here (needs root)");
+    const TEST: &str = "exec::orphans_are_reaped_as_pid_1";
+    let userns: &[&str] = if kvsync_tests::namespace::is_root() { &[] } else { &["--user", "--map-root-user"] };
+    let probe =
+        std::process::Command::new("unshare").args(userns).args(["--pid", "--fork", "--mount-proc", "true"]).output();
+    let why = match &probe {
+        Err(e) => Some(format!("cannot run unshare: {e}")),
+        Ok(o) if !o.status.success() => {
+            Some(format!("unshare --pid --fork --mount-proc failed: {}", String::from_utf8_lossy(&o.stderr).trim()))
+        }
+        Ok(_) => None,
+    };
+    if let Some(why) = why {
+        kvsync_tests::skip::unavailable(TEST, &why);
         return;
     }
     let fx = Fixture::new();
     fx.put("a/x", "1");
+    // The child runs until the test creates rec/done (at most ~60 s), so the zombie check below runs
+    // while kvsync and its child are alive.
     let script = fx.write_file(
         "orphans.sh",
-        "#!/bin/sh\necho $PPID > {rec}/inner.ppid\nfor i in 1 2 3 4 5; do (sleep 0.1 &) ; done\nsleep 1.5\nexit 4\n",
+        "#!/bin/sh\necho $PPID > {rec}/inner.ppid\nfor i in 1 2 3 4 5; do (sleep 0.1 &) ; done\n\
+         i=0\nwhile [ ! -e {rec}/done ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\nexit 4\n",
     );
     kvsync_tests::fixture::make_executable(&script);
     let cfg = config(&fx, "      []", "");
     let mut cmd = std::process::Command::new("unshare");
     // --mount-proc: a /proc of the new namespace, as a container has (the reaper reads it).
-    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+    cmd.args(userns)
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
         .arg(kvsync::binary())
         .args(["--log-level", "debug", "exec", "--config"])
         .arg(&cfg)
@@ -281,12 +306,18 @@ fn orphans_are_reaped_as_pid_1() {
     });
     // Inside the namespace the child's parent, kvsync, is PID 1.
     assert_eq!(ppid, "1");
+    // kvsync's pid outside the namespace: unshare's only child (found through /proc/*/stat, which
+    // every kernel has).
+    let kv = wait::for_some(T, "kvsync as unshare's child", || {
+        kvsync_tests::namespace::children_of(d.pid()).first().copied()
+    });
+    let exe = std::fs::read_link(format!("/proc/{kv}/exe")).unwrap();
+    assert_eq!(exe, kvsync::binary().canonicalize().unwrap(), "unshare's child is kvsync");
     d.wait_log("reaped orphaned processes", T);
-    // kvsync's pid outside the namespace: unshare's only child.
-    let outer = std::fs::read_to_string(format!("/proc/{}/task/{}/children", d.pid(), d.pid())).unwrap_or_default();
-    if let Some(kv) = outer.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()) {
-        wait::until(T, "no zombie children of kvsync", || zombie_children(kv).is_empty());
-    }
+    // While the child still runs, no zombie is left under kvsync (which is still alive, so the check
+    // is about its reaping, not about its exit).
+    wait::until(T, "no zombie children of a live kvsync", || zombie_children(kv).is_empty() && alive(kv));
+    std::fs::write(fx.rec().join("done"), "").unwrap();
     assert_eq!(d.wait(T).code(), Some(4), "{}", d.log());
 }
 
@@ -311,9 +342,10 @@ fn env_from_kv_reaches_the_child_and_a_change_restarts_it() {
     // A change elsewhere only signals.
     fx.put("a/x", "2");
     wait::until(T, "the child to get SIGHUP", || fx.count("HUP") == 1);
-    kvsync_tests::fixture::settle();
+    // Counted once kvsync has stopped, when no restart can still be on its way.
+    let (_, log) = stop(d);
     assert_eq!(fx.starts().len(), 2, "no restart for an unrelated change: {:?}", fx.events());
-    d.stop();
+    assert_eq!(log.matches("the keys under exec.env changed").count(), 1, "{log}");
 }
 
 /// SIGTERM while a render pass is committing (its check command is running): the commit finishes
@@ -364,7 +396,7 @@ fn restarts_are_at_least_min_restart_interval_apart() {
     fx.put("a/x", "1");
     d.wait_log("restart requested; waiting for min_restart_interval", T);
     fx.put("a/x", "2");
-    std::thread::sleep(Duration::from_millis(50));
+    wait::file_is(&fx.out("a.json"), "{\n  \"x\": \"2\"\n}\n", T);
     fx.put("a/x", "3");
     // Note when each new start appears.
     let deadline = Instant::now() + T;

@@ -172,7 +172,9 @@ fn readers_never_see_partial_files() {
         fs::read_to_string(&file).is_ok_and(|t| t.starts_with('0'))
             && fs::read_to_string(&json).is_ok_and(|t| t.contains("\"000"))
     });
-    std::thread::sleep(Duration::from_millis(100));
+    // The readers go on until each has read the last version at least once more.
+    let after = reads.load(Ordering::Relaxed);
+    wait::until(T, "more reads of the last version", || reads.load(Ordering::Relaxed) >= after + 20);
     stop.store(true, Ordering::Relaxed);
     let bad: Vec<String> = readers.into_iter().flat_map(|r| r.join().unwrap()).collect();
     let n = reads.load(Ordering::Relaxed);
@@ -305,8 +307,20 @@ fn failing_and_hanging_checks_keep_the_old_file() {
     assert_eq!(names, vec!["app.json"], "{names:?}");
 }
 
+/// A destination directory that does not exist, and one that is not writable. Root writes into a
+/// 0555 directory anyway (CAP_DAC_OVERRIDE), so as root kvsync runs without capabilities (`setpriv`),
+/// as a non-root user does; where that cannot be done the test fails unless the skip is allowed.
 #[test]
 fn missing_and_read_only_destination_directories() {
+    const TEST: &str = "file_source::missing_and_read_only_destination_directories";
+    use kvsync_tests::namespace;
+    let root = namespace::is_root();
+    if root {
+        if let Some(why) = namespace::capability_drop_unavailable() {
+            kvsync_tests::skip::unavailable(TEST, &format!("running as root without capabilities: {why}"));
+            return;
+        }
+    }
     let s = Setup::new();
     s.put("app/a", "1");
     fs::create_dir(s.path("ro")).unwrap();
@@ -315,23 +329,31 @@ fn missing_and_read_only_destination_directories() {
         s.path("no/such/dir/a.json").display(),
         s.path("ro/a.yaml").display()
     ));
-    let d = Daemon::start(&["run", "--config", &cfg]);
+    // The same user and privileges for kvsync and for the probe below.
+    let unprivileged = |program: &Path, args: &[&str]| {
+        let mut c = std::process::Command::new(if root { Path::new("setpriv") } else { program });
+        if root {
+            c.args(namespace::WITHOUT_CAPABILITIES).arg(program);
+        }
+        c.args(args).env_remove("KVSYNC_LOG").env("NO_COLOR", "1").stdin(std::process::Stdio::null());
+        c
+    };
+    let d = Daemon::start_with(unprivileged(&kvsync::binary(), &["run", "--config", &cfg]));
     d.wait_log(&format!("destination directory {} does not exist", s.path("no/such/dir").display()), T);
     wait::until(T, "ro output", || s.path("ro/a.yaml").exists());
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(s.path("ro"), fs::Permissions::from_mode(0o555)).unwrap();
-    // Root ignores directory permissions; only assert the read-only failure when it applies.
-    let enforced = fs::write(s.path("ro/probe"), "x").is_err();
+    // The directory is read-only for kvsync's privileges: a probe with them cannot create a file.
+    let probe = unprivileged(Path::new("touch"), &[&s.path("ro/probe").display().to_string()]).output().unwrap();
+    assert!(!probe.status.success() && !s.path("ro/probe").exists(), "the 0555 directory is not writable for kvsync");
     s.put("app/a", "2");
-    if enforced {
-        d.wait_log(&format!("cannot create {}", s.path("ro").display()), T);
-        assert!(read(&s.path("ro/a.yaml")).contains("'1'"));
-    } else {
-        let _ = fs::remove_file(s.path("ro/probe"));
-        wait::until(T, "yaml update", || read(&s.path("ro/a.yaml")).contains("'2'"));
-    }
+    d.wait_log(&format!("cannot create {}", s.path("ro").display()), T);
+    assert!(read(&s.path("ro/a.yaml")).contains("'1'"), "the last good file stays");
     assert!(!d.has_exited());
     fs::set_permissions(s.path("ro"), fs::Permissions::from_mode(0o755)).unwrap();
+    // Writable again: the next change is written.
+    s.put("app/a", "3");
+    wait::until(T, "the write once the directory is writable", || read(&s.path("ro/a.yaml")).contains("'3'"));
 }
 
 #[test]
@@ -404,7 +426,11 @@ fn quiescence_coalesces_a_burst() {
         std::thread::sleep(Duration::from_millis(30));
     }
     wait::until(T, "final value", || read(&s.path("out/app.json")).contains("\"10\""));
-    std::thread::sleep(Duration::from_millis(900));
+    // The write of the final value is logged right after its commit; any earlier write of the burst
+    // was logged before that commit, so once that line is there the count is complete.
+    wait::until(T, "the write of the final value to be logged", || {
+        d.log().matches("rendered and written").count() > writes_before
+    });
     let writes = d.log().matches("rendered and written").count() - writes_before;
     assert_eq!(writes, 1, "ten edits within the quiet period make one write; log:\n{}", d.log());
 }
