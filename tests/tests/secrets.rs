@@ -1,6 +1,8 @@
 //! Secrets through the real binary: tokens, passwords and values never reach the logs (at trace
-//! level) or stdout; token and password files are re-read when they change; destination files carry
-//! their configured mode from the first byte written.
+//! level), stdout, error messages or the HTTP endpoint (`/status`, `/metrics`, `/readyz`), in any form
+//! (as is, JSON-escaped, debug-escaped, percent-encoded, base64: see `kvsync_tests::leaks`); token and
+//! password files are re-read when they change; destination files carry their configured mode from
+//! the first byte written.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -21,7 +23,15 @@ const CONSUL_TOKEN: &str = "ctok-1f2e3d4c-secret";
 const CONSUL_TOKEN_2: &str = "ctok-rotated-99aa-secret";
 const ETCD_PASSWORD: &str = "epw-5b6a7980-secret";
 const ETCD_PASSWORD_2: &str = "epw-rotated-77cc-secret";
-const VALUES: [&str; 4] = ["cval-one-0a1b2c", "cval-two-3d4e5f", "eval-one-6a7b8c", "eval-two-9d0e1f"];
+/// Values with characters that escaping changes (quotes, backslashes, a newline, a tab), so that an
+/// escaped rendering differs from the raw one and is searched for as such.
+const VALUES: [&str; 5] = [
+    "cval-one \"0a1b2c\" back\\slash",
+    "cval-two\n3d4e5f\tend",
+    "eval-one '6a7b8c' x=y",
+    "eval-two \"9d0e1f\"\nlast",
+    "bad-val-4c5d6e \"conflict\"",
+];
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
@@ -31,13 +41,16 @@ fn read(p: &Path) -> String {
     fs::read_to_string(p).unwrap_or_default()
 }
 
-/// Every secret the test used, and which of them appears in `text`.
-fn leaked(text: &str) -> Vec<&'static str> {
-    [CONSUL_TOKEN, CONSUL_TOKEN_2, ETCD_PASSWORD, ETCD_PASSWORD_2]
-        .into_iter()
-        .chain(VALUES)
-        .filter(|s| text.contains(s))
-        .collect()
+/// Every secret the test used that appears in `text`, in any form, with the form.
+fn leaked(text: &str) -> Vec<String> {
+    let secrets: Vec<&str> =
+        [CONSUL_TOKEN, CONSUL_TOKEN_2, ETCD_PASSWORD, ETCD_PASSWORD_2].into_iter().chain(VALUES).collect();
+    kvsync_tests::leaks::found(text, &secrets)
+}
+
+/// The JSON string of `v` as the json format renders it, to find a value in an output file.
+fn rendered(v: &str) -> String {
+    serde_json::to_string(v).unwrap()
 }
 
 #[test]
@@ -48,8 +61,12 @@ fn no_secret_in_any_output_at_trace_level_and_credential_files_rotate() {
 
     let consul = rt.block_on(ConsulServer::start()).unwrap();
     consul.put("sec/password", VALUES[0]);
+    // A key that is both a value and a folder: the `bad` output cannot render, and its error message
+    // names the key, never the values.
+    consul.put("bad/conflict", VALUES[4]);
+    consul.put("bad/conflict/inner", VALUES[4]);
     consul.enable_acl();
-    consul.set_token(CONSUL_TOKEN, &[("sec/", Access::Read)]);
+    consul.set_token(CONSUL_TOKEN, &[("sec/", Access::Read), ("bad/", Access::Read)]);
     let token_file = d.join("consul-token");
     fs::write(&token_file, format!("{CONSUL_TOKEN}\n")).unwrap();
 
@@ -64,14 +81,14 @@ fn no_secret_in_any_output_at_trace_level_and_credential_files_rotate() {
     fs::write(&password_file, format!("{ETCD_PASSWORD}\n")).unwrap();
 
     let (cout, eout) = (d.join("c.json"), d.join("e.json"));
-    let cfg = d.join("k.yaml");
-    fs::write(
-        &cfg,
-        format!(
+    // Two configs: `good` with the two outputs that render, `all` with the `bad` one too.
+    let write_config = |name: &str, bad: bool| -> String {
+        let cfg = d.join(name);
+        let mut text = format!(
             "sources:\n\
              \x20 - {{ name: c, type: consul, address: {}, wait: 1s, token_file: {} }}\n\
              \x20 - {{ name: e, type: etcd, endpoints: [{}], username: reader, password_file: {} }}\n\
-             http: {{ listen: \"\" }}\nretry: {{ initial: 50ms, max: 500ms }}\noutputs:\n\
+             http: {{ listen: \"127.0.0.1:0\" }}\nretry: {{ initial: 50ms, max: 500ms }}\noutputs:\n\
              \x20 - {{ name: co, source: c, prefix: sec/, format: json, destination: {}, perms: \"0600\" }}\n\
              \x20 - {{ name: eo, source: e, prefix: sec/, format: json, destination: {}, perms: \"0600\" }}\n",
             consul.url(),
@@ -79,39 +96,67 @@ fn no_secret_in_any_output_at_trace_level_and_credential_files_rotate() {
             proxy.url(),
             password_file.display(),
             cout.display(),
-            eout.display()
-        ),
-    )
-    .unwrap();
-    let cfg = cfg.display().to_string();
+            eout.display(),
+        );
+        if bad {
+            text += &format!(
+                "\x20 - {{ name: bad, source: c, prefix: bad/, format: json, destination: {} }}\n",
+                d.join("bad.json").display()
+            );
+        }
+        fs::write(&cfg, text).unwrap();
+        cfg.display().to_string()
+    };
+    let good = write_config("good.yaml", false);
+    let cfg = write_config("all.yaml", true);
 
     // `once` at trace level: both stdout and stderr are searched.
-    let mut cmd = kvsync::command(&["once", "--config", &cfg, "--timeout", "15s", "--log-level", "trace"]);
-    cmd.env("KVSYNC_LOG", "trace");
-    let out = cmd.output().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{stderr}");
-    assert!(read(&cout).contains(VALUES[0]) && read(&eout).contains(VALUES[2]));
-    assert!(stderr.lines().count() > 20, "trace logging is on: {stderr}");
-    assert_eq!(leaked(&stdout), Vec::<&str>::new(), "secrets on stdout:\n{stdout}");
-    assert_eq!(leaked(&stderr), Vec::<&str>::new(), "secrets in the log:\n{stderr}");
+    let once = |cfg: &str| {
+        let mut cmd = kvsync::command(&["once", "--config", cfg, "--timeout", "15s", "--log-level", "trace"]);
+        cmd.env("KVSYNC_LOG", "trace");
+        let out = cmd.output().unwrap();
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+        assert_eq!(leaked(&stdout), Vec::<String>::new(), "secrets on stdout:\n{stdout}");
+        assert_eq!(leaked(&stderr), Vec::<String>::new(), "secrets in the log:\n{stderr}");
+        assert!(stderr.lines().count() > 20, "trace logging is on: {stderr}");
+        (out.status, stderr)
+    };
+    let (status, stderr) = once(&good);
+    assert!(status.success(), "{stderr}");
+    assert!(read(&cout).contains(&rendered(VALUES[0])) && read(&eout).contains(&rendered(VALUES[2])), "{stderr}");
+    // The `bad` output cannot render: the error message names the output and the key, not the values.
+    let (status, stderr) = once(&cfg);
+    assert!(!status.success(), "`once` cannot succeed with the `bad` output: {stderr}");
+    assert!(stderr.contains("output `bad`") && stderr.contains("conflict"), "the error names the key: {stderr}");
 
     let mut cmd = kvsync::command(&["run", "--config", &cfg, "--log-level", "trace"]);
     cmd.env("KVSYNC_LOG", "trace");
     let daemon = Daemon::start_with(cmd);
     daemon.wait_log("starting source", T);
+    let addr = daemon.http_addr(T);
+    // What the endpoint says while the `bad` output fails and the others have rendered.
+    daemon.wait_log("output `bad`", T);
+    let endpoint = |what: &str| -> Vec<(String, String)> {
+        ["/status", "/metrics", "/readyz", "/healthz"]
+            .iter()
+            .map(|p| (format!("{p} ({what})"), kvsync_tests::http::get(&addr, p).map(|a| a.body).unwrap_or_else(|e| e)))
+            .collect()
+    };
+    let mut answers = endpoint("before the rotations");
+    assert!(answers[0].1.contains("\"bad\""), "/status lists the outputs: {}", answers[0].1);
 
     // Consul token rotation: a new token is issued and the old one revoked; the server drops
     // its connections, so that the blocking query in flight (authorized with the old token when it
     // started) ends. The old token is refused; once the file is rewritten, kvsync reads it again and
     // the next change comes through.
-    consul.set_token(CONSUL_TOKEN_2, &[("sec/", Access::Read)]);
+    consul.set_token(CONSUL_TOKEN_2, &[("sec/", Access::Read), ("bad/", Access::Read)]);
     consul.remove_token(CONSUL_TOKEN);
     consul.reset_connections();
     daemon.wait_log("permission denied reading prefix `sec/`", T);
     fs::write(&token_file, CONSUL_TOKEN_2).unwrap();
     consul.put("sec/password", VALUES[1]);
-    wait::until(T, "the Consul change read with the rotated token", || read(&cout).contains(VALUES[1]));
+    wait::until(T, "the Consul change read with the rotated token", || read(&cout).contains(&rendered(VALUES[1])));
 
     // etcd password rotation: the user is re-created with a new password and kvsync's connection is
     // reset. Authenticating with the old password fails; once the file is rewritten, kvsync reads it
@@ -128,14 +173,18 @@ fn no_secret_in_any_output_at_trace_level_and_credential_files_rotate() {
     fs::write(&password_file, ETCD_PASSWORD_2).unwrap();
     let ec = rt.block_on(etcd.client()).unwrap();
     rt.block_on(ec.put("sec/db", VALUES[3])).unwrap();
-    wait::until(T, "the etcd change read with the rotated password", || read(&eout).contains(VALUES[3]));
+    wait::until(T, "the etcd change read with the rotated password", || read(&eout).contains(&rendered(VALUES[3])));
+    answers.extend(endpoint("after the rotations"));
 
     for f in [&cout, &eout] {
         assert_eq!(fs::metadata(f).unwrap().permissions().mode() & 0o777, 0o600, "{}", f.display());
     }
     let log = daemon.log();
     drop(daemon);
-    assert_eq!(leaked(&log), Vec::<&str>::new(), "secrets in the daemon's log:\n{log}");
+    assert_eq!(leaked(&log), Vec::<String>::new(), "secrets in the daemon's log:\n{log}");
+    for (what, text) in answers {
+        assert_eq!(leaked(&text), Vec::<String>::new(), "secrets in {what}:\n{text}");
+    }
     // etcd is kept until here so that its directory outlives the daemon.
     rt.block_on(etcd.kill());
 }

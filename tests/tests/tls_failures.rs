@@ -4,9 +4,12 @@
 //! Each case runs `kvsync once --timeout` and proves three things:
 //! - it exits non-zero, and its log names the source and the TLS cause (not just "connection error");
 //! - nothing was rendered: the destination does not exist;
-//! - no plain-text fallback happened: the servers only speak TLS, and the Consul test server counts
-//!   the HTTP requests that got through a handshake (zero), the etcd stand-in counts completed
-//!   handshakes (zero).
+//! - no plain-text fallback happened: kvsync reaches each server through a front that accepts raw TCP
+//!   and classifies each connection by its first bytes (a TLS handshake record, or anything else); in
+//!   every case kvsync opened TLS connections and not one plain-text connection. Behind the front, the
+//!   Consul test server counts the HTTP requests that got through a handshake (zero), the etcd
+//!   stand-in counts completed handshakes (zero). A plain `http://` source pointed at the same front
+//!   is counted as plain text, so a fallback would be seen.
 //!
 //! A positive control per backend (the right CA, name and client certificate render the output)
 //! shows that each failure comes from the one thing the case changed.
@@ -20,6 +23,7 @@ use std::time::Duration;
 use kvsync_tests::consul_server::ConsulServer;
 use kvsync_tests::etcd_server::{EtcdOptions, EtcdServer};
 use kvsync_tests::kvsync;
+use kvsync_tests::tls_front::TlsFront;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     SanType,
@@ -151,6 +155,29 @@ fn once_fails(cfg: &str, out: &Path, case: &str, causes: &[&str]) -> String {
     err
 }
 
+/// Since `before`, the front saw TLS connections from kvsync and no plain-text one.
+#[track_caller]
+fn only_tls_since(front: &TlsFront, tls_before: usize, case: &str) -> usize {
+    let seen = front.seen();
+    assert!(
+        seen.plain.is_empty(),
+        "{case}: kvsync opened a plain-text connection: {:?}",
+        seen.plain.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect::<Vec<_>>()
+    );
+    assert!(seen.tls > tls_before, "{case}: kvsync opened no TLS connection, so the case proved nothing");
+    seen.tls
+}
+
+/// The control for the classification: a source with `http://` at a TLS front is seen as plain text.
+#[track_caller]
+fn plain_text_is_seen(dir: &Path, front: &TlsFront, source: impl Fn(&str) -> String) {
+    let (cfg, _) = config(dir, &source(&front.url("http")));
+    let (status, _, err) = kvsync::run(&["once", "--config", &cfg, "--timeout", "2s"], T);
+    assert!(!status.success(), "plain text against a TLS server rendered:\n{err}");
+    let plain = front.seen().plain;
+    assert!(!plain.is_empty(), "the front did not see the plain-text attempt, so it could not see a fallback");
+}
+
 #[test]
 fn consul_tls_failures_are_reported_and_never_fall_back_to_plain_text() {
     let rt = runtime();
@@ -166,30 +193,43 @@ fn consul_tls_failures_are_reported_and_never_fall_back_to_plain_text() {
     server.put("tls/k", "secure");
     let expired = rt.block_on(ConsulServer::start_tls(pki.server_config(&expired_leaf, true))).unwrap();
     expired.put("tls/k", "secure");
+    // kvsync reaches both through fronts that classify every connection.
+    let front = rt.block_on(TlsFront::start(server.addr())).unwrap();
+    let expired_front = rt.block_on(TlsFront::start(expired.addr())).unwrap();
+    let url = front.url("https");
     let src = |url: &str, tls: String| format!("{{ name: s, type: consul, address: {url}, wait: 1s, tls: {tls} }}");
 
     // Positive control: the right CA, name and client certificate.
-    let (cfg, out) = config(dir.path(), &src(&server.url(), tls_block(&pki.ca_file, Some(&client), None)));
+    let (cfg, out) = config(dir.path(), &src(&url, tls_block(&pki.ca_file, Some(&client), None)));
     let (status, _, err) = kvsync::run(&["once", "--config", &cfg, "--timeout", "10s"], T);
     assert!(status.success(), "the control case failed:\n{err}");
     assert_eq!(fs::read_to_string(&out).unwrap(), "{\n  \"k\": \"secure\"\n}\n");
     let served = server.total_requests();
     assert!(served > 0);
+    let mut tls = only_tls_since(&front, 0, "control");
 
-    let (cfg, out) = config(dir.path(), &src(&server.url(), tls_block(&other.ca_file, Some(&client), None)));
+    let (cfg, out) = config(dir.path(), &src(&url, tls_block(&other.ca_file, Some(&client), None)));
     once_fails(&cfg, &out, "wrong CA", &["UnknownIssuer", "unknown issuer"]);
-    let (cfg, out) = config(dir.path(), &src(&expired.url(), tls_block(&pki.ca_file, Some(&client), None)));
-    once_fails(&cfg, &out, "expired certificate", &["Expired", "expired"]);
+    tls = only_tls_since(&front, tls, "wrong CA");
     let (cfg, out) =
-        config(dir.path(), &src(&server.url(), tls_block(&pki.ca_file, Some(&client), Some("consul.example"))));
+        config(dir.path(), &src(&expired_front.url("https"), tls_block(&pki.ca_file, Some(&client), None)));
+    once_fails(&cfg, &out, "expired certificate", &["Expired", "expired"]);
+    only_tls_since(&expired_front, 0, "expired certificate");
+    let (cfg, out) = config(dir.path(), &src(&url, tls_block(&pki.ca_file, Some(&client), Some("consul.example"))));
     once_fails(&cfg, &out, "wrong server name", &["NotValidForName", "not valid for name"]);
-    let (cfg, out) = config(dir.path(), &src(&server.url(), tls_block(&pki.ca_file, None, None)));
+    tls = only_tls_since(&front, tls, "wrong server name");
+    let (cfg, out) = config(dir.path(), &src(&url, tls_block(&pki.ca_file, None, None)));
     once_fails(&cfg, &out, "missing client certificate", &["CertificateRequired", "certificate required"]);
+    only_tls_since(&front, tls, "missing client certificate");
 
     // Not one request got through after the control run: no plain-text retry, no request on a
     // half-trusted connection.
     assert_eq!(server.total_requests(), served, "a request reached the server in a failure case");
     assert_eq!(expired.total_requests(), 0, "a request reached the server with the expired certificate");
+
+    // The front would have seen a fallback: plain HTTP to it is counted as such.
+    plain_text_is_seen(dir.path(), &front, |u| format!("{{ name: s, type: consul, address: {u}, wait: 1s }}"));
+    assert_eq!(server.total_requests(), served, "the plain-text attempt reached no server");
 }
 
 /// A TLS endpoint that completes handshakes and counts them, then closes: it stands in for an etcd
@@ -226,29 +266,42 @@ fn etcd_tls_failures_are_reported_and_never_fall_back_to_plain_text() {
     let other = Pki::new(dir.path(), "other");
     let src = |ep: &str, tls: String| format!("{{ name: s, type: etcd, endpoints: [{ep}], tls: {tls} }}");
 
-    let (cfg, out) = config(dir.path(), &src(&etcd.endpoint(), tls_block(&certs.ca, Some(&client), None)));
+    // kvsync reaches etcd through a front that classifies every connection.
+    let etcd_addr: std::net::SocketAddr =
+        etcd.endpoint().strip_prefix("https://").expect("an https endpoint").parse().unwrap();
+    let front = rt.block_on(TlsFront::start(etcd_addr)).unwrap();
+    let ep = front.url("https");
+
+    let (cfg, out) = config(dir.path(), &src(&ep, tls_block(&certs.ca, Some(&client), None)));
     let (status, _, err) = kvsync::run(&["once", "--config", &cfg, "--timeout", "10s"], T);
     assert!(status.success(), "the control case failed:\n{err}");
     assert_eq!(fs::read_to_string(&out).unwrap(), "{\n  \"k\": \"secure\"\n}\n");
+    let mut tls = only_tls_since(&front, 0, "control");
 
-    let (cfg, out) = config(dir.path(), &src(&etcd.endpoint(), tls_block(&other.ca_file, Some(&client), None)));
+    let (cfg, out) = config(dir.path(), &src(&ep, tls_block(&other.ca_file, Some(&client), None)));
     once_fails(&cfg, &out, "wrong CA", &["UnknownIssuer", "unknown issuer"]);
-    let (cfg, out) =
-        config(dir.path(), &src(&etcd.endpoint(), tls_block(&certs.ca, Some(&client), Some("etcd.example"))));
+    tls = only_tls_since(&front, tls, "wrong CA");
+    let (cfg, out) = config(dir.path(), &src(&ep, tls_block(&certs.ca, Some(&client), Some("etcd.example"))));
     once_fails(&cfg, &out, "wrong server name", &["NotValidForName", "not valid for name"]);
-    let (cfg, out) = config(dir.path(), &src(&etcd.endpoint(), tls_block(&certs.ca, None, None)));
+    tls = only_tls_since(&front, tls, "wrong server name");
+    let (cfg, out) = config(dir.path(), &src(&ep, tls_block(&certs.ca, None, None)));
     once_fails(
         &cfg,
         &out,
         "missing client certificate",
         &["CertificateRequired", "certificate required", "bad certificate", "BadCertificate"],
     );
+    only_tls_since(&front, tls, "missing client certificate");
 
     let pki = Pki::new(dir.path(), "exp");
     let expired_leaf = pki.leaf("expired-etcd", true, true);
     let (port, handshakes) = rt.block_on(counting_tls_endpoint(pki.server_config(&expired_leaf, false)));
-    let (cfg, out) =
-        config(dir.path(), &src(&format!("https://127.0.0.1:{port}"), tls_block(&pki.ca_file, None, None)));
+    let expired_front = rt.block_on(TlsFront::start(([127, 0, 0, 1], port).into())).unwrap();
+    let (cfg, out) = config(dir.path(), &src(&expired_front.url("https"), tls_block(&pki.ca_file, None, None)));
     once_fails(&cfg, &out, "expired certificate", &["Expired", "expired"]);
     assert_eq!(handshakes.load(Ordering::SeqCst), 0, "kvsync completed a handshake with an expired certificate");
+    only_tls_since(&expired_front, 0, "expired certificate");
+
+    // The front would have seen a fallback: plain HTTP/2 to it is counted as such.
+    plain_text_is_seen(dir.path(), &front, |u| format!("{{ name: s, type: etcd, endpoints: [{u}] }}"));
 }

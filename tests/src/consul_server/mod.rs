@@ -203,6 +203,22 @@ impl ConsulServer {
         changed
     }
 
+    /// Writes several keys at once, as one `/v1/txn` of KV sets does: a blocking query wakes once and
+    /// sees all of them or none. Returns whether anything changed.
+    pub fn put_all(&self, entries: &[(&str, Bytes)]) -> bool {
+        let mut changed = false;
+        {
+            let mut store = self.shared.store();
+            for (key, value) in entries {
+                changed |= store.put(key, Some(value.clone()), 0, Cas::None).1;
+            }
+        }
+        if changed {
+            self.shared.notify();
+        }
+        changed
+    }
+
     /// Deletes a key (leaving a tombstone).
     pub fn delete(&self, key: &str) -> bool {
         let (_, changed) = self.shared.store().delete(key, Cas::None);
