@@ -295,3 +295,24 @@ fn consul_execute_template_renders_a_defined_template() {
     let e = render(Dialect::ConsulTemplate, consul_kv(), r#"{{executeTemplate "nope"}}"#).unwrap_err();
     assert!(e.to_string().contains(r#"no template "nope""#), "{e}");
 }
+
+#[test]
+fn sprig_functions_and_limits_on_sizes_from_kv() {
+    let r = render(
+        Dialect::ConsulTemplate,
+        consul_kv(),
+        r#"{{sprig_quote "a\"b\n"}} {{sprig_squote "x"}} {{sprig_title "hello-world foo_bar"}} {{sprig_substr 1 3 "héllo"}} {{sprig_b64dec "!"}} {{sprig_default "d" ""}} {{sprig_default "d" "v"}} {{sprig_upper "ß"}}"#,
+    )
+    .unwrap();
+    assert_eq!(r, "\"a\\\"b\\n\" 'x' Hello-World Foo_bar é illegal base64 data at input byte 0 d v ß");
+    let e = render(Dialect::ConsulTemplate, consul_kv(), r#"{{indent 100000000 "x"}}"#).unwrap_err();
+    assert!(e.to_string().contains("longer than 67108864 bytes"), "{e}");
+    let e = render(Dialect::ConsulTemplate, consul_kv(), r#"{{sprig_repeat 100000000 "xx"}}"#).unwrap_err();
+    assert!(e.to_string().contains("longer than 67108864 bytes"), "{e}");
+    let e = render(Dialect::ConsulTemplate, consul_kv(), r#"{{range loop 0 2000000}}{{end}}"#).unwrap_err();
+    assert!(e.to_string().contains("more than 1000000 iterations"), "{e}");
+    let e = render(Dialect::Confd, confd_kv(), r#"{{seq 1 5000000}}"#).unwrap_err();
+    assert!(e.to_string().contains("more than 1000000 numbers"), "{e}");
+    let e = render(Dialect::ConsulTemplate, consul_kv(), r#"{{sprig_substr 3 1 "abc"}}"#).unwrap_err();
+    assert!(e.to_string().contains("slice bounds out of range"), "{e}");
+}

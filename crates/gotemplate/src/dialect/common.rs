@@ -6,6 +6,12 @@ use crate::value::{FuncError, Value};
 
 pub(crate) type FResult = Result<Value, FuncError>;
 
+/// The most numbers `seq`/`loop` make: a value from KV must not exhaust memory.
+pub(crate) const MAX_ITEMS: i64 = 1_000_000;
+
+/// The longest string `indent`/`sprig_repeat` make, for the same reason.
+pub(crate) const MAX_STRING: usize = 64 * 1024 * 1024;
+
 /// Checks the number of arguments as Go does for a function with `n` fixed parameters.
 pub(crate) fn arity(args: &[Value], n: usize, variadic: bool) -> Result<(), FuncError> {
     if variadic && args.len() < n {

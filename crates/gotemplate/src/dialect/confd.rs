@@ -274,8 +274,8 @@ pub(crate) fn functions(kv: Arc<BTreeMap<String, String>>) -> Funcs {
     });
     f.insert("seq", |a: &[Value]| -> FResult {
         let (first, last) = int2(a)?;
-        if last.saturating_sub(first) > 10_000_000 {
-            return Err(FuncError::msg(format!("seq {first} {last}: more than 10000000 numbers")));
+        if last.saturating_sub(first) >= super::common::MAX_ITEMS {
+            return Err(FuncError::msg(format!("seq {first} {last}: more than {} numbers", super::common::MAX_ITEMS)));
         }
         Ok(Value::List((first..=last).map(Value::Int).collect()))
     });

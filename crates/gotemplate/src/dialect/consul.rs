@@ -227,6 +227,13 @@ fn indent(spaces: i64, x: &str) -> Result<String, FuncError> {
     if spaces < 0 {
         return Err(FuncError::msg("indent value must be a positive integer"));
     }
+    let lines = x.matches('\n').count() as i64 + 1;
+    if spaces.saturating_mul(lines).saturating_add(x.len() as i64) > super::common::MAX_STRING as i64 {
+        return Err(FuncError::msg(format!(
+            "indent: the result would be longer than {} bytes",
+            super::common::MAX_STRING
+        )));
+    }
     let prefix = " ".repeat(spaces as usize);
     let mut out = String::new();
     let mut sp = true;
@@ -674,8 +681,8 @@ pub(crate) fn functions(kv: Arc<BTreeMap<String, String>>) -> Funcs {
                 )))
             }
         };
-        if stop.saturating_sub(start) > 10_000_000 {
-            return Err(FuncError::msg("loop: more than 10000000 iterations"));
+        if stop.saturating_sub(start) > super::common::MAX_ITEMS {
+            return Err(FuncError::msg(format!("loop: more than {} iterations", super::common::MAX_ITEMS)));
         }
         Ok(Value::List((start..stop).map(Value::Int).collect()))
     });

@@ -33,9 +33,8 @@ pub(crate) fn add(f: &mut Funcs) {
     one(f, "trim", |x| x.trim().to_string());
     one(f, "nospace", |x| x.chars().filter(|c| !c.is_whitespace()).collect());
     one(f, "b64enc", |x| base64::engine::general_purpose::STANDARD.encode(x));
-    one(f, "b64dec", |x| match base64::engine::general_purpose::STANDARD.decode(x) {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(e) => e.to_string(),
+    one(f, "b64dec", |x| match super::confd::base64_decode(x, false) {
+        Ok(s) | Err(s) => s,
     });
     one(f, "title", |x| {
         let mut out = String::new();
@@ -46,7 +45,8 @@ pub(crate) fn add(f: &mut Funcs) {
             } else {
                 out.push(c);
             }
-            start = c.is_whitespace();
+            // Go's strings.Title: a letter starts a word after a separator (not a letter, digit or `_`).
+            start = !(c.is_alphanumeric() || c == '_');
         }
         out
     });
@@ -69,11 +69,17 @@ pub(crate) fn add(f: &mut Funcs) {
     });
     f.insert("sprig_repeat", |a: &[Value]| -> FResult {
         arity(a, 2, false)?;
-        let n = int(a, 0)?;
-        if !(0..=1_000_000).contains(&n) {
-            return Err(FuncError::msg("repeat count out of range"));
+        let (n, x) = (int(a, 0)?, s(a, 1)?);
+        if n < 0 {
+            return Err(FuncError::msg("strings: negative Repeat count"));
         }
-        Ok(Value::String(s(a, 1)?.repeat(n as usize)))
+        if (n as u128) * (x.len() as u128) > super::common::MAX_STRING as u128 {
+            return Err(FuncError::msg(format!(
+                "repeat: the result would be longer than {} bytes",
+                super::common::MAX_STRING
+            )));
+        }
+        Ok(Value::String(x.repeat(n as usize)))
     });
     f.insert("sprig_join", |a: &[Value]| -> FResult {
         arity(a, 2, false)?;
@@ -88,7 +94,7 @@ pub(crate) fn add(f: &mut Funcs) {
         Ok(Value::String(
             a.iter()
                 .filter(|v| !matches!(v, Value::Nil))
-                .map(|v| format!("\"{}\"", to_string(v).replace('\\', "\\\\").replace('"', "\\\"")))
+                .map(|v| crate::printf::quote(&to_string(v)))
                 .collect::<Vec<_>>()
                 .join(" "),
         ))
@@ -181,15 +187,19 @@ pub(crate) fn add(f: &mut Funcs) {
     f.insert("sprig_substr", |a: &[Value]| -> FResult {
         arity(a, 3, false)?;
         let (start, end, x) = (int(a, 0)?, int(a, 1)?, s(a, 2)?);
-        let len = x.len() as i64;
-        let r = if start < 0 {
-            &x[..end.clamp(0, len) as usize]
+        let b = x.as_bytes();
+        let len = b.len() as i64;
+        let (from, to) = if start < 0 {
+            (0, end)
         } else if end < 0 || end > len {
-            &x[start.min(len) as usize..]
+            (start, len)
         } else {
-            &x[start.min(end) as usize..end as usize]
+            (start, end)
         };
-        Ok(Value::String(r.to_string()))
+        if from > to || to > len || from < 0 {
+            return Err(FuncError::msg(format!("runtime error: slice bounds out of range [{from}:{to}]")));
+        }
+        Ok(Value::String(String::from_utf8_lossy(&b[from as usize..to as usize]).into_owned()))
     });
     f.insert("sprig_toString", |a: &[Value]| -> FResult {
         arity(a, 1, false)?;
