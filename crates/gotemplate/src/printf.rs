@@ -97,18 +97,12 @@ pub fn sprintf(format: &str, args: &[Value]) -> String {
         if i < end && b[i] == b'*' {
             i += 1;
             match args.get(arg_num) {
-                Some(Value::Int(w)) => {
-                    let mut w = *w;
-                    if w < 0 {
+                Some(Value::Int(w)) if w.unsigned_abs() <= 1_000_000 => {
+                    if *w < 0 {
                         f.minus = true;
                         f.zero = false;
-                        w = -w;
                     }
-                    if w > 1_000_000 {
-                        out.push_str("%!(BADWIDTH)");
-                    } else {
-                        f.wid = Some(w as usize);
-                    }
+                    f.wid = Some(w.unsigned_abs() as usize);
                 }
                 _ => out.push_str("%!(BADWIDTH)"),
             }
@@ -135,7 +129,6 @@ pub fn sprintf(format: &str, args: &[Value]) -> String {
                 i += 1;
                 match args.get(arg_num) {
                     Some(Value::Int(p)) if *p >= 0 && *p <= 1_000_000 => f.prec = Some(*p as usize),
-                    Some(Value::Int(p)) if *p < 0 => f.prec = None,
                     _ => out.push_str("%!(BADPREC)"),
                 }
                 arg_num += 1;
