@@ -268,14 +268,17 @@ fn bad_verb(out: &mut String, v: &Value, verb: char, f: &Flags) {
 
 fn print_arg(out: &mut String, v: &Value, verb: char, f: &Flags, depth: usize) {
     if verb == 'T' {
-        pad(out, &v.type_name(), f);
+        match v {
+            Value::Nil => pad(out, "<nil>", f),
+            v => pad(out, truncate(&v.type_name(), f.prec), f),
+        }
         return;
     }
     match v {
+        // A nil inside a list or map is written as is; a nil argument is padded.
+        Value::Nil if depth > 0 => out.push_str(if f.sharp_v { "interface {}(nil)" } else { "<nil>" }),
         Value::Nil => match verb {
-            'v' if depth > 0 || !f.sharp_v => pad(out, "<nil>", f),
             'v' => pad(out, "<nil>", f),
-            _ if depth > 0 => pad(out, "<nil>", f),
             _ => bad_verb(out, v, verb, f),
         },
         Value::Bool(b) => match verb {
@@ -323,7 +326,7 @@ fn print_arg(out: &mut String, v: &Value, verb: char, f: &Flags, depth: usize) {
                     if i > 0 {
                         out.push_str(", ");
                     }
-                    fmt_q(out, k, &Flags::default());
+                    print_arg(out, &Value::String(k.clone()), verb, f, depth + 1);
                     out.push(':');
                     print_arg(out, e, verb, f, depth + 1);
                 }
@@ -404,13 +407,9 @@ fn fmt_int(out: &mut String, v: &Value, i: i64, verb: char, f: &Flags) {
             pad(out, &s, f);
         }
         'U' => {
-            let mut s = format!("U+{:04X}", i as u64);
-            if let Some(p) = f.prec {
-                let digits = format!("{:X}", i as u64);
-                if digits.len() < p {
-                    s = format!("U+{}{}", "0".repeat(p - digits.len()), digits);
-                }
-            }
+            let digits = format!("{:X}", i as u64);
+            let width = f.prec.unwrap_or(4).max(4);
+            let mut s = format!("U+{}{}", "0".repeat(width.saturating_sub(digits.len())), digits);
             if f.sharp {
                 if let Some(c) = u32::try_from(i).ok().and_then(char::from_u32) {
                     if is_print(c) {
@@ -481,7 +480,7 @@ fn fmt_integer(out: &mut String, i: i64, base: u32, verb: char, f: &Flags, upper
 fn fmt_float_verb(out: &mut String, v: &Value, x: f64, verb: char, f: &Flags) {
     match verb {
         'v' => fmt_float(out, x, 'g', -1, f),
-        'g' | 'G' | 'x' | 'X' => fmt_float(out, x, verb, -1, f),
+        'g' | 'G' | 'x' | 'X' | 'b' => fmt_float(out, x, verb, -1, f),
         'e' | 'E' | 'f' | 'F' => fmt_float(out, x, verb, 6, f),
         _ => bad_verb(out, v, verb, f),
     }
@@ -554,6 +553,19 @@ fn format_float_abs(x: f64, verb: char, prec: i32) -> String {
     let a = x.abs();
     match verb {
         'x' | 'X' => hex_float(a, prec, verb),
+        'b' => {
+            // Go's %b of a float: the mantissa and a power of two.
+            let bits = a.to_bits();
+            let mut exp = ((bits >> 52) & 0x7FF) as i32;
+            let mut mant = bits & ((1u64 << 52) - 1);
+            if exp == 0 {
+                exp += 1;
+            } else {
+                mant |= 1u64 << 52;
+            }
+            exp += -1023 - 52;
+            format!("{mant}p{}{}", if exp >= 0 { "+" } else { "-" }, exp.unsigned_abs())
+        }
         'e' | 'E' => {
             let p = if prec < 0 { 6 } else { prec as usize };
             let (d, dp) = decimal(a, Some(p + 1));
@@ -615,7 +627,7 @@ fn fmt_float(out: &mut String, x: f64, verb: char, default_prec: i32, f: &Flags)
         pad(out, &num.iter().collect::<String>(), &g);
         return;
     }
-    if f.sharp {
+    if f.sharp && verb != 'b' {
         let mut digits: i32 = match verb {
             'v' | 'g' | 'G' | 'x' | 'X' => {
                 if prec == -1 {
