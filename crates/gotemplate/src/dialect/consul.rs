@@ -266,8 +266,59 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Go's RE2 reads a `{` that does not start a repetition (`{n}`, `{n,}`, `{n,m}`) as a literal;
+/// the regex crate needs it escaped.
+fn escape_literal_braces(re: &str) -> String {
+    let chars: Vec<char> = re.chars().collect();
+    let mut out = String::with_capacity(re.len());
+    let mut i = 0;
+    let mut in_class = false;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '\\' => {
+                out.push(c);
+                if let Some(n) = chars.get(i + 1) {
+                    out.push(*n);
+                }
+                i += 2;
+                // `\p{Greek}`, `\x{263a}`: the braces belong to the escape.
+                if matches!(chars.get(i - 1), Some('p' | 'P' | 'x')) && chars.get(i) == Some(&'{') {
+                    while i < chars.len() {
+                        out.push(chars[i]);
+                        i += 1;
+                        if chars[i - 1] == '}' {
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
+            '[' if !in_class => in_class = true,
+            ']' if in_class => in_class = false,
+            '{' if !in_class => {
+                let rest: String = chars[i + 1..].iter().collect();
+                let is_repeat = rest.find('}').is_some_and(|e| {
+                    let body = &rest[..e];
+                    let (lo, hi) = body.split_once(',').unwrap_or((body, "0"));
+                    !lo.is_empty() && lo.bytes().all(|b| b.is_ascii_digit()) && hi.bytes().all(|b| b.is_ascii_digit())
+                });
+                if !is_repeat {
+                    out.push_str("\\{");
+                    i += 1;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        out.push(c);
+        i += 1;
+    }
+    out
+}
+
 fn go_regex(re: &str) -> Result<regex::Regex, FuncError> {
-    regex::Regex::new(re).map_err(|e| FuncError::msg(format!("error parsing regexp: {e}")))
+    regex::Regex::new(&escape_literal_braces(re)).map_err(|e| FuncError::msg(format!("error parsing regexp: {e}")))
 }
 
 /// Go's `Regexp.ReplaceAllString` template syntax: `$1`, `${1}`, `$name`, `${name}`, `$$`.
@@ -571,11 +622,15 @@ pub(crate) fn functions(kv: Arc<BTreeMap<String, String>>) -> Funcs {
     ] {
         f.insert(name, move |a: &[Value]| -> FResult {
             arity(a, 2, false)?;
-            let Value::List(v) = &a[0] else {
-                return Err(FuncError::msg(format!(
-                    "wrong type for value; expected []interface {{}}; got {}",
-                    a[0].type_name()
-                )));
+            let v: &[Value] = match &a[0] {
+                Value::List(v) => v,
+                Value::Nil => &[],
+                other => {
+                    return Err(FuncError::msg(format!(
+                        "wrong type for value; expected []interface {{}}; got {}",
+                        other.type_name()
+                    )));
+                }
             };
             for x in v {
                 if in_(&a[1], x) != invert {

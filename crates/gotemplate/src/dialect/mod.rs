@@ -19,8 +19,11 @@
 //! - `toYAML` follows go-yaml v2.4's emitter and `toTOML` BurntSushi/toml v1.5's encoder (the versions
 //!   consul-template builds with) for strings, numbers, booleans, lists and maps; map keys longer than
 //!   128 characters (which go-yaml writes as complex `? ` keys) are written as simple keys.
-//! - consul-template's `containsAll`/`containsAny`/... take a list made by `split` here; in
-//!   consul-template a `[]string` is refused (only `[]interface{}` is accepted).
+//! - Lists are untyped here, where Go has `[]string` and `[]interface{}`: a function that takes a
+//!   `[]string` in Go (confd's `join`, `sortByLength`) also takes a list of strings from JSON data, and
+//!   confd's `reverse` also reverses one; consul-template's `containsAll`/`containsAny`/... also take
+//!   a list made by `split`. Where Go succeeds, the output is the same.
+//! - Values are UTF-8 text: bytes that are not (from `base64Decode`) become U+FFFD.
 //! - `sortByLength` and `sortKVByLength` keep the input order of equal lengths (Go's `sort.Sort`
 //!   does so only for fewer than 13 elements).
 
