@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
 use gotemplate::{dialect, FuncNames, Funcs, Options, Template, Value};
@@ -122,23 +122,32 @@ fn render_rust(c: &Case) -> (Vec<u8>, Option<String>) {
     }
 }
 
-#[test]
-fn corpus_renders_like_go_text_template() {
-    let cases = load_corpus();
-    if std::env::var_os("KVSYNC_GOTEMPLATE_CORPUS").is_none() {
-        assert!(cases.len() >= 150, "the corpus has {} templates; it needs at least 150", cases.len());
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let Some(bin) = build_reference(dir.path()) else {
-        let allowed = std::env::var("KVSYNC_TEST_ALLOW_SKIP").unwrap_or_default();
-        if allowed.split(',').any(|s| s.trim() == "gotemplate") {
-            eprintln!("KVSYNC-SKIP: gotemplate: go not installed");
-            return;
+/// The Go reference program, built once for all tests of this file; `None` when Go is missing and
+/// KVSYNC_TEST_ALLOW_SKIP names gotemplate.
+fn reference() -> Option<&'static Path> {
+    static REFERENCE: OnceLock<Option<(tempfile::TempDir, std::path::PathBuf)>> = OnceLock::new();
+    let built = REFERENCE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        build_reference(dir.path()).map(|bin| (dir, bin))
+    });
+    match built {
+        Some((_, bin)) => Some(bin.as_path()),
+        None => {
+            let allowed = std::env::var("KVSYNC_TEST_ALLOW_SKIP").unwrap_or_default();
+            if allowed.split(',').any(|s| s.trim() == "gotemplate") {
+                eprintln!("KVSYNC-SKIP: gotemplate: go not installed");
+                return None;
+            }
+            panic!(
+                "`go` is not installed (apt-get install golang-go), and KVSYNC_TEST_ALLOW_SKIP does not name \
+                 gotemplate"
+            );
         }
-        panic!(
-            "`go` is not installed (apt-get install golang-go), and KVSYNC_TEST_ALLOW_SKIP does not name gotemplate"
-        );
-    };
+    }
+}
+
+/// Renders `cases` with Go and with this crate; returns the descriptions of those that differ.
+fn differences(bin: &Path, cases: &[Case]) -> Vec<String> {
     let input = serde_json::Value::Array(
         cases
             .iter()
@@ -150,9 +159,12 @@ fn corpus_renders_like_go_text_template() {
             })
             .collect(),
     );
-    let mut child = Command::new(&bin).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
+    let mut child = Command::new(bin).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let body = input.to_string();
+    let writer = std::thread::spawn(move || stdin.write_all(body.as_bytes()).unwrap());
     let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
     assert!(out.status.success());
     let results: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(results.len(), cases.len());
@@ -182,6 +194,17 @@ fn corpus_renders_like_go_text_template() {
             ));
         }
     }
+    failures
+}
+
+#[test]
+fn corpus_renders_like_go_text_template() {
+    let cases = load_corpus();
+    if std::env::var_os("KVSYNC_GOTEMPLATE_CORPUS").is_none() {
+        assert!(cases.len() >= 150, "the corpus has {} templates; it needs at least 150", cases.len());
+    }
+    let Some(bin) = reference() else { return };
+    let failures = differences(bin, &cases);
     eprintln!(
         "gotemplate corpus: {} templates, {} identical to Go's text/template",
         cases.len(),
@@ -190,6 +213,171 @@ fn corpus_renders_like_go_text_template() {
     assert!(
         failures.is_empty(),
         "{} of {} templates differ from Go:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+fn pick<'a>(rng: &mut fastrand::Rng, items: &[&'a str]) -> &'a str {
+    items[rng.usize(..items.len())]
+}
+
+/// printf with random flags, widths, precisions and verbs over values of every kind.
+fn printf_cases(rng: &mut fastrand::Rng, n: usize) -> Vec<String> {
+    const VERBS: &[&str] =
+        &["v", "d", "s", "q", "x", "X", "o", "b", "e", "E", "f", "F", "g", "G", "t", "c", "U", "T", "+v", "#v"];
+    const FLAGS: &[&str] = &["", "-", "+", " ", "0", "#", "-0", "+0", " 0"];
+    const WIDTHS: &[&str] = &["", "1", "5", "12"];
+    const PRECS: &[&str] = &["", ".0", ".1", ".3", ".10", "."];
+    const VALUES: &[&str] = &[
+        "0",
+        "1",
+        "-1",
+        "42",
+        "255",
+        "3.5",
+        "-0.25",
+        "1e6",
+        "1e-7",
+        "123456.789",
+        "0.1",
+        "1e21",
+        "100.0",
+        "\"abc\"",
+        "\"a\\\"b\"",
+        "\"é日\"",
+        "\"\"",
+        "true",
+        "false",
+        "nil",
+        ".l",
+        ".m",
+        ".e",
+        ".f",
+        ".n",
+        ".s",
+        "'x'",
+    ];
+    (0..n)
+        .map(|_| {
+            let verbs = rng.usize(1..4);
+            let format: Vec<String> = (0..verbs)
+                .map(|_| format!("%{}{}{}{}", pick(rng, FLAGS), pick(rng, WIDTHS), pick(rng, PRECS), pick(rng, VERBS)))
+                .collect();
+            let nargs = match rng.usize(..5) {
+                0 => verbs.saturating_sub(1),
+                1 => verbs + 1,
+                _ => verbs,
+            };
+            let args: Vec<&str> = (0..nargs).map(|_| pick(rng, VALUES)).collect();
+            format!("{{{{printf \"{}\" {}}}}}", format.join("|"), args.join(" "))
+        })
+        .collect()
+}
+
+/// Nested if/else if/range/with/break/continue/assignments with random trim markers and text.
+fn structure(rng: &mut fastrand::Rng, depth: usize) -> String {
+    const EXPRS: &[&str] = &[
+        "0",
+        "1",
+        "2.5",
+        "\"abc\"",
+        "\"\"",
+        "true",
+        "false",
+        "nil",
+        ".l",
+        ".m",
+        ".e",
+        ".n",
+        ".s",
+        ".i",
+        "$x",
+        "$",
+        "(len .l)",
+        "(not .n)",
+        "(and .i .s)",
+        "(or .n .e)",
+        "(print .m)",
+        "(eq .i 7)",
+        "(index .m \"k\")",
+        "(.s | printf \"%q\")",
+    ];
+    let mut out = String::new();
+    for _ in 0..rng.usize(1..4) {
+        let l = if rng.bool() { "{{- " } else { "{{" };
+        let r = if rng.bool() { " -}}" } else { "}}" };
+        let text = pick(rng, &["a", " b ", "\n", "  \n  c", "x\t", ""]);
+        match if depth > 2 { 0 } else { rng.usize(..6) } {
+            0 => out.push_str(&format!("{text}{l}{}{r}", pick(rng, EXPRS))),
+            1 => {
+                let (c1, c2) = (pick(rng, EXPRS), pick(rng, EXPRS));
+                let (b1, b2, b3) = (structure(rng, depth + 1), structure(rng, depth + 1), structure(rng, depth + 1));
+                out.push_str(&format!("{l}if {c1}{r}{b1}{l}else if {c2}{r}{b2}{l}else{r}{b3}{l}end{r}"));
+            }
+            2 => {
+                let over = pick(rng, &[".l", ".m", ".e", ".n", ".s"]);
+                let ctl = pick(rng, &["", "{{if eq $i 1}}{{break}}{{end}}", "{{continue}}"]);
+                let body = structure(rng, depth + 1);
+                out.push_str(&format!(
+                    "{l}range $i, $e := {over}{r}[{{{{$i}}}}={{{{$e}}}}]{ctl}{body}{l}else{r}none{l}end{r}"
+                ));
+            }
+            3 => {
+                let c = pick(rng, EXPRS);
+                let body = structure(rng, depth + 1);
+                out.push_str(&format!("{l}with {c}{r}{{{{.}}}}{body}{l}else{r}w{l}end{r}"));
+            }
+            4 => out.push_str(&format!("{l}$x = {}{r}", pick(rng, EXPRS))),
+            _ => out.push_str(&format!("{text}{l}/* c */{r}")),
+        }
+    }
+    out
+}
+
+/// Random sequences of template syntax, most of it invalid: both must fail or render the same.
+fn syntax_soup(rng: &mut fastrand::Rng) -> String {
+    const TOKENS: &[&str] = &[
+        "{{", "}}", "{{-", "-}}", "{{- ", " -}}", "/*", "*/", "\"", "'", "`", "(", ")", "|", ":=", "=", "$", "$x", ".",
+        ".a", "..", "a", "if", "else", "end", "range", "with", "define", "template", "block", "break", "continue",
+        "nil", "true", "1", "-1", "0x", "1e", "\\", " ", "\t", "\n", "é", ",", "print", "len", "and", "#", "@", "{",
+        "}",
+    ];
+    (0..rng.usize(1..15)).map(|_| pick(rng, TOKENS)).collect()
+}
+
+#[test]
+fn generated_templates_render_like_go_text_template() {
+    let mut rng = fastrand::Rng::with_seed(14);
+    let data: serde_json::Value = serde_json::json!({
+        "l": [1, "a", 2.5, null, [1]], "m": {"k": "v", "n": 3, "z": null}, "e": [], "f": 1.25, "n": null, "s": "str", "i": 7
+    });
+    let mut templates = printf_cases(&mut rng, 1500);
+    templates.extend((0..1000).map(|_| format!("{{{{$x := 1}}}}{}", structure(&mut rng, 0))));
+    templates.extend((0..1500).map(|_| syntax_soup(&mut rng)));
+    let cases: Vec<Case> = templates
+        .into_iter()
+        .enumerate()
+        .map(|(i, template)| Case {
+            name: format!("generated-{i}"),
+            template,
+            data: Some(data.clone()),
+            left: String::new(),
+            right: String::new(),
+            funcs: String::new(),
+        })
+        .collect();
+    let Some(bin) = reference() else { return };
+    let failures = differences(bin, &cases);
+    eprintln!(
+        "gotemplate generated: {} templates, {} identical to Go's text/template",
+        cases.len(),
+        cases.len() - failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} generated templates differ from Go:\n{}",
         failures.len(),
         cases.len(),
         failures.join("\n")
