@@ -12,6 +12,11 @@
 //! `float64`) plus struct-like [`Object`]s for what the dialect functions return (confd's
 //! `KVPair`, consul-template's `KeyPair`).
 //!
+//! Where this differs from Go (each is a case Go's own templates do not rely on): `{{template}}`
+//! calls nest at most 2000 deep (Go: 100000) and blocks 10000 deep; a pointer to a struct inside a
+//! list or map prints as `&{...}` where Go prints its address; lists are untyped (see
+//! [`dialect`]); strings are UTF-8.
+//!
 //! Why not the `gtmpl` crate: version 0.7.1 (2021) has no `break`/`continue`, no way to set the
 //! delimiters, keeps maps in a `HashMap` (Go prints and ranges over them in key order), has no parse-
 //! time check of function names, and its `printf` covers a subset of Go's verbs and none of Go's
@@ -266,6 +271,10 @@ fn collect_node(n: &parse::Node, calls: &mut Vec<Call>, text: &str) {
 
 fn constant(a: &parse::Arg) -> Option<String> {
     match a {
+        // `("a/b")`: a parenthesized constant is still constant.
+        parse::Arg::Pipe(p) if p.decl.is_empty() && p.cmds.len() == 1 && p.cmds[0].args.len() == 1 => {
+            constant(&p.cmds[0].args[0])
+        }
         parse::Arg::String(_, s) => Some(s.clone()),
         parse::Arg::Number(_, n) => Some(n.text.clone()),
         parse::Arg::Bool(_, b) => Some(b.to_string()),

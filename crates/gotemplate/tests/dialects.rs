@@ -195,7 +195,7 @@ fn refused_functions_are_named_with_what_kvsync_reads_instead() {
 fn calls_report_static_and_dynamic_arguments() {
     let names = dialect::names(Dialect::ConsulTemplate);
     let text =
-        "{{key \"a/b\"}}\n{{keyOrDefault (printf \"x/%s\" \"y\") \"d\"}}{{\"c/d\" | key}}{{range ls \"p/\"}}{{end}}";
+        "{{key \"a/b\"}}\n{{keyOrDefault (printf \"x/%s\" \"y\") \"d\"}}{{\"c/d\" | key}}{{range ls \"p/\"}}{{end}}{{tree (\"t/\")}}";
     let t = Template::parse("t", text, &Options::default(), &names).unwrap();
     let calls: Vec<(String, usize, usize, Vec<Option<String>>)> =
         t.calls().into_iter().map(|c| (c.name, c.line, c.col, c.args)).collect();
@@ -207,6 +207,7 @@ fn calls_report_static_and_dynamic_arguments() {
             ("printf".into(), 2, 17, vec![Some("x/%s".into()), Some("y".into())]),
             ("key".into(), 2, 51, vec![Some("c/d".into())]),
             ("ls".into(), 2, 64, vec![Some("p/".into())]),
+            ("tree".into(), 2, 82, vec![Some("t/".into())]),
         ]
     );
 }
