@@ -22,6 +22,7 @@ mod http_action;
 pub mod logging;
 mod metrics;
 mod output;
+mod pass;
 mod process;
 #[cfg(test)]
 mod proptests;
@@ -33,6 +34,7 @@ pub mod signals;
 mod sources;
 mod state;
 mod status;
+mod supervisor;
 pub mod systemd;
 mod template;
 mod timefmt;

@@ -13,6 +13,43 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 
+/// What a new valid config asks of the running render loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Sources, or what outputs read, changed: stop this loop and start one with the new config
+    /// (sources whose settings and prefixes are unchanged keep running).
+    Restart,
+    /// Only how outputs render or act changed (a template edit, new actions): keep every source and
+    /// subscription running and render every output again (unchanged bytes are not rewritten).
+    Rerender,
+}
+
+/// Decides how `new` replaces `old`.
+pub fn plan(old: &Config, new: &Config) -> Plan {
+    if same_watches(old, new) {
+        Plan::Rerender
+    } else {
+        Plan::Restart
+    }
+}
+
+/// Whether `new` watches exactly what `old` does (same sources, same outputs reading the same inputs
+/// into the same destinations, same exec.env, limits, retry and cache), so that it can be applied
+/// without restarting any source.
+fn same_watches(old: &Config, new: &Config) -> bool {
+    old.sources == new.sources
+        && old.retry == new.retry
+        && old.cache == new.cache
+        && old.limits == new.limits
+        && old.exec.env == new.exec.env
+        && old.outputs.len() == new.outputs.len()
+        && old
+            .outputs
+            .iter()
+            .zip(&new.outputs)
+            .all(|(a, b)| a.name == b.name && a.inputs == b.inputs && a.destination == b.destination)
+}
+
 /// Editors save in several steps (write a temp file, rename, chmod): wait this long after the last
 /// event before reading the files.
 const SETTLE: Duration = Duration::from_millis(150);
@@ -33,7 +70,7 @@ pub async fn watch(path: PathBuf, initial: &Config, tx: mpsc::Sender<Config>, ca
     // differ while the files hold an invalid config): an event that changes neither is ignored.
     let mut current = fingerprint(&files);
     let mut last_seen = current;
-    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<()>();
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = if initial.watch_config { start_watcher(&files, ev_tx.clone()) } else { None };
     loop {
         let why = tokio::select! {
@@ -42,7 +79,7 @@ pub async fn watch(path: PathBuf, initial: &Config, tx: mpsc::Sender<Config>, ca
             // SIGHUP: reload now.
             Some(()) = recv_hup(hup.as_mut()) => "SIGHUP",
             // Something changed in a directory holding the config or a template.
-            Some(()) = ev_rx.recv() => {
+            Some(_) = ev_rx.recv() => {
                 // Let the editor finish: swallow events until SETTLE passes without one.
                 loop {
                     tokio::select! {
@@ -136,10 +173,12 @@ fn fingerprint(files: &[PathBuf]) -> [u8; 32] {
 }
 
 /// Watches the directories holding `files` (not the files: an editor's rename-over-save would end a
-/// watch on the file itself) and sends a tick for every event that names one of them, or that swaps a
-/// `..data` symlink: a Kubernetes ConfigMap volume updates its files by renaming `..data_tmp` over
-/// `..data`, and the visible files (symlinks through `..data`) see no event of their own.
-fn start_watcher(files: &[PathBuf], tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+/// watch on the file itself) and sends the path of every event that names one of them, or that swaps
+/// a `..data` symlink: a Kubernetes ConfigMap volume updates its files by renaming `..data_tmp` over
+/// `..data`, and the visible files (symlinks through `..data`) see no event of their own. Events about
+/// anything else in those directories (a log file, an output) are dropped here, in the watcher's
+/// thread, by name: they never reach the reload loop.
+fn start_watcher(files: &[PathBuf], tx: mpsc::UnboundedSender<PathBuf>) -> Option<notify::RecommendedWatcher> {
     let wanted: Vec<PathBuf> = files.to_vec();
     let handler = move |res: notify::Result<notify::Event>| match res {
         Ok(ev) => {
@@ -148,9 +187,9 @@ fn start_watcher(files: &[PathBuf], tx: mpsc::UnboundedSender<()>) -> Option<not
             }
             let configmap_swap =
                 |p: &PathBuf| p.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b"..data"));
-            if ev.paths.iter().any(|p| wanted.contains(p) || configmap_swap(p)) {
+            if let Some(p) = ev.paths.iter().find(|p| wanted.contains(p) || configmap_swap(p)) {
                 debug!(paths = ?ev.paths, "config or template changed");
-                let _ = tx.send(());
+                let _ = tx.send(p.clone());
             }
         }
         Err(e) => warn!("watching the config files: {e}"),
@@ -171,4 +210,48 @@ fn start_watcher(files: &[PathBuf], tx: mpsc::UnboundedSender<()>) -> Option<not
         }
     }
     Some(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log file beside the config, written 10,000 times, sends nothing to the reload loop; an edit
+    /// of the config, made after them, does (inotify keeps the order of events, so once the edit has
+    /// arrived every write before it has been seen and dropped).
+    #[tokio::test]
+    async fn a_file_beside_the_config_wakes_nothing() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("kvsync.yaml");
+        std::fs::write(&config, "sources: []\n").unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _watcher = start_watcher(std::slice::from_ref(&config), tx).expect("inotify is available");
+        let mut log =
+            std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("kvsync.log")).unwrap();
+        for i in 0..10_000 {
+            writeln!(log, "line {i}").unwrap();
+        }
+        std::fs::write(dir.path().join("other.json"), "{}").unwrap();
+        std::fs::write(&config, "sources: []\noutputs: []\n").unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.expect("the config edit is seen");
+        assert_eq!(first.as_deref(), Some(config.as_path()));
+        // Whatever else arrived names the config too (an edit is several events), never the others.
+        while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+            assert_eq!(p, config, "an event about another file reached the reload loop");
+        }
+    }
+
+    fn config(text: &str) -> Config {
+        Config::parse(Path::new("/etc/kvsync/k.yaml"), text).unwrap()
+    }
+
+    #[test]
+    fn a_template_edit_rerenders_and_a_new_prefix_restarts() {
+        let base = "sources:\n  - name: main\n    type: file\n    path: /tmp\noutputs:\n  - name: a\n    source: main\n    prefix: app/\n    format: json\n    destination: /tmp/a.json\n";
+        let old = config(base);
+        assert_eq!(plan(&old, &config(base)), Plan::Rerender);
+        assert_eq!(plan(&old, &config(&base.replace("format: json", "format: yaml"))), Plan::Rerender);
+        assert_eq!(plan(&old, &config(&base.replace("prefix: app/", "prefix: other/"))), Plan::Restart);
+    }
 }

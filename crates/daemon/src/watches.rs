@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvsync_watch::{Engine, EngineBuilder, SourceStats, Subscription};
-use tokio::sync::watch;
+use kvsync_watch::{Engine, EngineBuilder, EngineStopped, SourceStats, Subscription, Wake};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -44,8 +44,6 @@ struct RunningSource {
     stats: Arc<SourceStats>,
     /// One subscription per requested prefix (the prefixes it was started with).
     subs: BTreeMap<String, Subscription>,
-    /// Rings whenever one of `subs` receives a new view.
-    bell: watch::Receiver<u64>,
     cancel: CancellationToken,
     engine: Engine,
 }
@@ -59,10 +57,21 @@ impl RunningSource {
     }
 }
 
-/// Every running source, by name.
-#[derive(Default)]
+/// Every running source, by name, and the one signal they all ring.
 pub struct Watches {
     running: BTreeMap<String, RunningSource>,
+    /// Rung once for every change that published a view, by whichever source it came from.
+    wake: Wake,
+    /// Sources that ended by themselves, reported by their engines.
+    stopped_tx: mpsc::UnboundedSender<EngineStopped>,
+    stopped_rx: mpsc::UnboundedReceiver<EngineStopped>,
+}
+
+impl Default for Watches {
+    fn default() -> Self {
+        let (stopped_tx, stopped_rx) = mpsc::unbounded_channel();
+        Watches { running: BTreeMap::new(), wake: Wake::new(), stopped_tx, stopped_rx }
+    }
 }
 
 /// What a config wants watched: for each source name, the prefixes read from it.
@@ -113,13 +122,12 @@ impl Watches {
                 let sub = builder.subscribe(&name, p).map_err(|e| e.to_string())?;
                 subs.insert(p.clone(), sub);
             }
-            let bell = builder.changes();
+            builder.wake(self.wake.clone());
+            builder.report_stops(self.stopped_tx.clone());
             let cancel = CancellationToken::new();
             let engine = builder.start(cancel.clone());
-            self.running.insert(
-                name,
-                RunningSource { config, settings: settings.clone(), kind, stats, subs, bell, cancel, engine },
-            );
+            self.running
+                .insert(name, RunningSource { config, settings: settings.clone(), kind, stats, subs, cancel, engine });
         }
         Ok(())
     }
@@ -133,9 +141,22 @@ impl Watches {
             .ok_or_else(|| format!("source `{source}` does not watch prefix `{prefix}`"))
     }
 
-    /// Every source's change bell, by name.
-    pub fn bells(&self) -> Vec<(String, watch::Receiver<u64>)> {
-        self.running.iter().map(|(n, r)| (n.clone(), r.bell.clone())).collect()
+    /// What every source rings when it publishes a new view.
+    pub fn wake(&self) -> Wake {
+        self.wake.clone()
+    }
+
+    /// Resolves when a running source ends by itself, saying which and why. A report from a source
+    /// that has been replaced or stopped since is skipped.
+    pub async fn stopped(&mut self) -> EngineStopped {
+        loop {
+            match self.stopped_rx.recv().await {
+                Some(s) if self.running.contains_key(&s.name) => return s,
+                Some(_) => continue,
+                // Never: this holds a sender.
+                None => std::future::pending().await,
+            }
+        }
     }
 
     /// (name, kind, stats) of every running source, for reporting.

@@ -3,20 +3,25 @@
 //! One upstream watch runs per distinct (source, widest prefix) however many subscribers share it.
 //! Each subscriber gets a latest-value channel holding the view of its own prefix; a view is only
 //! republished when a key under that prefix changed (or when the first snapshot arrives).
+//!
+//! A change travels one way: the source's task applies it to the snapshot (under a lock it shares
+//! with nobody on the hot path), publishes the views it touched, and wakes the consumer once through
+//! the [`Wake`] it was given. No task or channel sits in between.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::cache::{Cache, Cached};
 use crate::prefix;
 use crate::snapshot::{Change, Entries, Rejected, Snapshot};
-use crate::source::{Envelope, Source, UpdateSink};
+use crate::source::{Envelope, Source, SourceError, UpdateSink};
 use crate::stats::SourceStats;
 
 /// What a subscriber sees: the keys under its prefix at one version of the watched prefix.
@@ -30,7 +35,7 @@ pub struct View {
     pub version: u64,
     pub entries: Arc<Entries>,
     /// When the source received the change that produced this view (for change-to-disk latency).
-    pub received: Instant,
+    pub received: std::time::Instant,
     /// The view comes from the last-known-good cache: the backend has not answered since start.
     pub stale: bool,
 }
@@ -44,6 +49,9 @@ impl View {
 }
 
 /// A subscriber's handle: the latest view of one (source, prefix), None until the first snapshot.
+///
+/// It holds the view; it does not wake anyone. A consumer of many subscriptions waits on the one
+/// [`Wake`] the engines were given, then looks at which subscriptions changed.
 #[derive(Debug, Clone)]
 pub struct Subscription {
     pub source: String,
@@ -73,6 +81,59 @@ impl Subscription {
     }
 }
 
+/// The one signal a consumer waits on: rung once per change that published a view, by any engine it
+/// was given to. Wake-ups coalesce: a consumer that was busy finds one waiting, not a queue.
+#[derive(Debug, Clone, Default)]
+pub struct Wake(Arc<Notify>);
+
+impl Wake {
+    pub fn new() -> Wake {
+        Wake::default()
+    }
+
+    /// Resolves at the next ring (at once if one came since the last wait).
+    pub async fn rung(&self) {
+        self.0.notified().await
+    }
+
+    fn ring(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// A source ended by itself (it gave up, or its task returned): its engine publishes nothing more.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the watch engine of source `{name}` stopped: {reason}; the files already written stay as they are. {remedy}")]
+pub struct EngineStopped {
+    /// The configured name of the source.
+    pub name: String,
+    /// Why, as the source said it.
+    pub reason: String,
+    /// What the user can do about it.
+    pub remedy: &'static str,
+}
+
+impl EngineStopped {
+    fn new(source: &str, outcome: Result<(), SourceError>) -> EngineStopped {
+        let (reason, remedy) = match outcome {
+            Err(e @ SourceError::GaveUp { .. }) => (
+                e.to_string(),
+                "Check that the backend is up and reachable from here, then restart kvsync; \
+                 without retry.attempts in the config it keeps retrying instead of giving up",
+            ),
+            Err(e @ SourceError::Config(_)) => (
+                e.to_string(),
+                "Fix the source's settings in the config, then restart kvsync (kvsync check validates it)",
+            ),
+            Ok(()) => (
+                "the source returned without being asked to stop".to_string(),
+                "Restart kvsync; please report this with the log, it is a bug",
+            ),
+        };
+        EngineStopped { name: source.to_string(), reason, remedy }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("no source named `{0}`")]
@@ -92,18 +153,15 @@ struct SubEntry {
 }
 
 /// Collects sources and subscriptions, then starts everything.
+#[derive(Default)]
 pub struct EngineBuilder {
     sources: BTreeMap<String, SourceEntry>,
     subs: Vec<SubEntry>,
-    /// Bumped after every publish, so a consumer of many subscriptions can wait on one channel.
-    bell: watch::Sender<u64>,
+    /// Rung after every change that published a view.
+    wake: Wake,
+    /// Where a source that ends by itself is reported.
+    stopped: Option<mpsc::UnboundedSender<EngineStopped>>,
     cache: Option<Cache>,
-}
-
-impl Default for EngineBuilder {
-    fn default() -> Self {
-        EngineBuilder { sources: BTreeMap::new(), subs: Vec::new(), bell: watch::channel(0).0, cache: None }
-    }
 }
 
 impl EngineBuilder {
@@ -117,9 +175,14 @@ impl EngineBuilder {
         self.cache = Some(cache);
     }
 
-    /// A channel that changes whenever any subscription receives a new view.
-    pub fn changes(&self) -> watch::Receiver<u64> {
-        self.bell.subscribe()
+    /// Rings `wake` whenever any subscription receives a new view (several engines may share one).
+    pub fn wake(&mut self, wake: Wake) {
+        self.wake = wake;
+    }
+
+    /// Reports on `tx` a source that ends by itself (not when cancelled).
+    pub fn report_stops(&mut self, tx: mpsc::UnboundedSender<EngineStopped>) {
+        self.stopped = Some(tx);
     }
 
     /// Registers a source under its configured name. `stats` is where it counts its work.
@@ -145,19 +208,25 @@ impl EngineBuilder {
         self.sources.iter().map(|(n, e)| (n.clone(), prefix::widest(e.requested.iter().cloned()))).collect()
     }
 
-    /// Starts one task per source that has subscribers and the engine loop. Everything stops when
-    /// `cancel` fires; `Engine::wait` returns once every task has finished.
+    /// Starts one task per source that has subscribers (and, with a cache, the task that saves
+    /// snapshots and the one that serves cached ones). Everything stops when `cancel` fires;
+    /// `Engine::wait` returns once every task has finished.
     pub fn start(self, cancel: CancellationToken) -> Engine {
-        let (tx, rx) = mpsc::channel::<Envelope>(1024);
         let mut tasks = JoinSet::new();
-        let mut stores: HashMap<(Arc<str>, String), Store> = HashMap::new();
         let watched = self.watched();
+        let saver = self.cache.clone().map(|cache| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tasks.spawn(run_saver(cache, rx));
+            tx
+        });
+        let mut subs = self.subs;
         for (name, entry) in self.sources {
             let prefixes = watched.get(&name).cloned().unwrap_or_default();
             if prefixes.is_empty() {
                 continue; // nobody reads this source: do not connect to it
             }
             let name: Arc<str> = name.into();
+            let mut stores = HashMap::new();
             for p in &prefixes {
                 let fallback = match self.cache.as_ref().map(|c| c.load(&name, p)) {
                     Some(Ok(c)) => c,
@@ -167,6 +236,10 @@ impl EngineBuilder {
                     }
                     None => None,
                 };
+                // Every subscription goes to the store of the watched prefix that covers it.
+                let (mine, rest): (Vec<SubEntry>, Vec<SubEntry>) =
+                    subs.into_iter().partition(|s| s.source == name && s.prefix.starts_with(p.as_str()));
+                subs = rest;
                 let store = Store {
                     prefix: p.clone(),
                     snapshot: Snapshot::default(),
@@ -174,38 +247,39 @@ impl EngineBuilder {
                     stale: false,
                     fallback,
                     stats: Arc::clone(&entry.stats),
-                    subs: Vec::new(),
-                    bell: self.bell.clone(),
+                    subs: mine,
                 };
-                stores.insert((Arc::clone(&name), p.clone()), store);
+                stores.insert(p.clone(), store);
             }
-            let sink = UpdateSink::new(Arc::clone(&name), tx.clone(), entry.stats);
+            let waiting = stores.values().any(|s| s.fallback.is_some());
+            let stores = Arc::new(Stores {
+                source: Arc::clone(&name),
+                stores: Mutex::new(stores),
+                wake: self.wake.clone(),
+                saver: saver.clone(),
+            });
+            if waiting {
+                tasks.spawn(serve_cache_on_failure(Arc::clone(&stores), Instant::now(), cancel.clone()));
+            }
+            let sink = UpdateSink::to_engine(stores, entry.stats, cancel.clone());
             let kind = entry.source.kind();
             info!(source = %name, kind, prefixes = ?prefixes, "starting source");
-            let fut = entry.source.run(prefixes, sink, cancel.child_token());
+            let token = cancel.child_token();
+            let fut = entry.source.run(prefixes, sink, token.clone());
+            let stopped = self.stopped.clone();
             tasks.spawn(async move {
-                if let Err(e) = fut.await {
-                    error!(source = %name, "source stopped: {e}");
+                let outcome = fut.await;
+                if token.is_cancelled() {
+                    return;
+                }
+                let stop = EngineStopped::new(&name, outcome);
+                error!(source = %name, "source stopped: {}", stop.reason);
+                if let Some(tx) = stopped {
+                    let _ = tx.send(stop);
                 }
             });
         }
-        drop(tx);
-        // Attach every subscription to the store that serves it.
-        for sub in self.subs {
-            let key = stores
-                .keys()
-                .find(|(s, p)| *s == sub.source && sub.prefix.starts_with(p.as_str()))
-                .cloned()
-                .expect("every subscription has a covering watch");
-            stores.get_mut(&key).expect("store exists").subs.push(sub);
-        }
-        let saver = self.cache.map(|cache| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tasks.spawn(run_saver(cache, rx));
-            tx
-        });
-        let loop_cancel = cancel.clone();
-        tasks.spawn(run_loop(rx, stores, saver, loop_cancel));
+        debug_assert!(subs.is_empty(), "every subscription has a covering watch");
         Engine { tasks }
     }
 }
@@ -216,13 +290,54 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Waits until every source task and the engine loop have returned (after cancellation).
+    /// Waits until every task of the engine has returned (after cancellation).
     pub async fn wait(mut self) {
         while let Some(r) = self.tasks.join_next().await {
             if let Err(e) = r {
                 if e.is_panic() {
                     error!("an engine task panicked: {e}");
                 }
+            }
+        }
+    }
+}
+
+/// The watched prefixes of one source, which its sink applies updates to.
+pub(crate) struct Stores {
+    source: Arc<str>,
+    /// By watched prefix. Locked by the source's task for each update and, while a cached snapshot
+    /// may still be served, by the task that serves it.
+    stores: Mutex<HashMap<String, Store>>,
+    wake: Wake,
+    saver: Option<mpsc::UnboundedSender<SaveJob>>,
+}
+
+impl Stores {
+    /// The source these prefixes belong to.
+    pub(crate) fn source(&self) -> &Arc<str> {
+        &self.source
+    }
+
+    /// Applies one update from the source and publishes what it changed.
+    pub(crate) fn apply(&self, env: Envelope) {
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(store) = stores.get_mut(env.update.prefix.as_str()) else {
+            warn!(source = %env.source, prefix = %env.update.prefix, "update for a prefix nobody watches; ignored");
+            return;
+        };
+        let (changed, published) = store.apply(env);
+        if published {
+            self.wake.ring();
+        }
+        if changed {
+            if let Some(tx) = &self.saver {
+                let job = (
+                    Arc::clone(&self.source),
+                    store.prefix.clone(),
+                    store.snapshot.version,
+                    Arc::clone(&store.snapshot.entries),
+                );
+                let _ = tx.send(job);
             }
         }
     }
@@ -241,7 +356,6 @@ struct Store {
     fallback: Option<Cached>,
     stats: Arc<SourceStats>,
     subs: Vec<SubEntry>,
-    bell: watch::Sender<u64>,
 }
 
 /// A snapshot to persist: (source, prefix, version, entries).
@@ -249,45 +363,45 @@ type SaveJob = (Arc<str>, String, u64, Arc<Entries>);
 
 /// How long a source may stay silent at start before its cached snapshot is served anyway.
 const FALLBACK_AFTER: Duration = Duration::from_secs(10);
+/// How often a source that has not delivered yet is looked at, while a cached snapshot waits.
+const FALLBACK_CHECK: Duration = Duration::from_millis(50);
 
-async fn run_loop(
-    mut rx: mpsc::Receiver<Envelope>,
-    mut stores: HashMap<(Arc<str>, String), Store>,
-    saver: Option<mpsc::UnboundedSender<SaveJob>>,
-    cancel: CancellationToken,
-) {
-    let started = Instant::now();
-    let mut fallback_check = tokio::time::interval(Duration::from_millis(50));
+/// Serves the cached snapshot of every prefix whose source failed before its first snapshot (or
+/// stayed silent for FALLBACK_AFTER since `started`); returns once no prefix is waiting any more.
+async fn serve_cache_on_failure(stores: Arc<Stores>, started: Instant, cancel: CancellationToken) {
+    let mut check = tokio::time::interval(FALLBACK_CHECK);
     loop {
-        let waiting_with_fallback = stores.values().any(|s| !s.delivered && s.fallback.is_some());
-        let env = tokio::select! {
-            // Shutdown: stop applying updates.
+        tokio::select! {
+            // Shutdown.
             _ = cancel.cancelled() => return,
-            // An update from a source; None once every source has returned.
-            env = rx.recv() => match env { Some(e) => e, None => return },
-            // A source failed before its first snapshot (or stayed silent too long): serve the cached one.
-            _ = fallback_check.tick(), if waiting_with_fallback => {
-                for ((source, prefix), store) in stores.iter_mut() {
-                    if !store.delivered && (store.stats.errors_total() > 0 || started.elapsed() > FALLBACK_AFTER) {
-                        if let Some(c) = store.fallback.take() {
-                            warn!(source = %source, prefix = %prefix, version = c.version, keys = c.entries.len(),
-                                "the backend has not answered; serving the cached snapshot until it does");
-                            store.serve_cached(source, c);
-                        }
-                    }
+            // Time to look again.
+            _ = check.tick() => {}
+        }
+        let mut waiting = false;
+        let mut published = false;
+        {
+            let mut all = stores.stores.lock().unwrap_or_else(|e| e.into_inner());
+            for store in all.values_mut() {
+                if store.delivered || store.fallback.is_none() {
+                    continue;
                 }
-                continue;
+                if store.stats.errors_total() > 0 || started.elapsed() > FALLBACK_AFTER {
+                    if let Some(c) = store.fallback.take() {
+                        warn!(source = %stores.source, prefix = %store.prefix, version = c.version, keys = c.entries.len(),
+                            "the backend has not answered; serving the cached snapshot until it does");
+                        store.serve_cached(&stores.source, c);
+                        published = true;
+                    }
+                } else {
+                    waiting = true;
+                }
             }
-        };
-        let key = (Arc::clone(&env.source), env.update.prefix.clone());
-        let Some(store) = stores.get_mut(&key) else {
-            warn!(source = %env.source, prefix = %env.update.prefix, "update for a prefix nobody watches; ignored");
-            continue;
-        };
-        if store.apply(env) {
-            if let Some(tx) = &saver {
-                let _ = tx.send((key.0, key.1, store.snapshot.version, Arc::clone(&store.snapshot.entries)));
-            }
+        }
+        if published {
+            stores.wake.ring();
+        }
+        if !waiting {
+            return;
         }
     }
 }
@@ -321,11 +435,12 @@ impl Store {
         self.delivered = true;
         self.stale = true;
         self.stats.serving_cache.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.publish(source, Instant::now(), None);
+        self.publish(source, std::time::Instant::now(), None);
     }
 
-    /// Applies an update; returns whether the snapshot changed (and should be persisted).
-    fn apply(&mut self, env: Envelope) -> bool {
+    /// Applies an update; returns whether the snapshot changed (and should be persisted) and whether
+    /// a view was published.
+    fn apply(&mut self, env: Envelope) -> (bool, bool) {
         let Envelope { source, received, update } = env;
         // The first live snapshot after serving the cache replaces it whatever its version.
         let was_stale = self.stale;
@@ -338,12 +453,12 @@ impl Store {
             Ok(d) => d,
             Err(Rejected::Stale { have, got }) => {
                 debug!(source = %source, prefix = %update.prefix, have, got, "ignored an update older than the snapshot");
-                return false;
+                return (false, false);
             }
         };
         let first = !self.delivered;
         if diff.is_empty() && !first && !was_stale {
-            return false;
+            return (false, false);
         }
         self.delivered = true;
         if was_stale {
@@ -353,12 +468,14 @@ impl Store {
         }
         info!(source = %source, prefix = %update.prefix, version = update.version, changed = diff.len(), "change received");
         let everything = first || was_stale;
-        self.publish(&source, received, if everything { None } else { Some(&diff) });
-        !diff.is_empty() || first
+        let published = self.publish(&source, received, if everything { None } else { Some(&diff) });
+        (!diff.is_empty() || first, published)
     }
 
-    /// Publishes the current snapshot to the subscribers whose keys changed (all of them when `diff` is None).
-    fn publish(&self, source: &Arc<str>, received: Instant, diff: Option<&crate::snapshot::Diff>) {
+    /// Publishes the current snapshot to the subscribers whose keys changed (all of them when `diff`
+    /// is None); returns whether any was.
+    fn publish(&self, source: &Arc<str>, received: std::time::Instant, diff: Option<&crate::snapshot::Diff>) -> bool {
+        let mut published = false;
         for sub in &self.subs {
             let touched = match diff {
                 None => true,
@@ -388,8 +505,9 @@ impl Store {
                 stale: self.stale,
             };
             sub.tx.send_replace(Some(view));
+            published = true;
         }
-        self.bell.send_modify(|n| *n = n.wrapping_add(1));
+        published
     }
 }
 
@@ -575,6 +693,115 @@ mod tests {
         let engine = b.start(cancel.clone());
         let v = wait_for(&mut sub, 7).await;
         assert!(v.entries.is_empty());
+        cancel.cancel();
+        engine.wait().await;
+    }
+
+    /// A source that stays silent until cancelled.
+    struct Silent;
+
+    impl Source for Silent {
+        fn kind(&self) -> &'static str {
+            "silent"
+        }
+        fn run(
+            self: Box<Self>,
+            _prefixes: Vec<String>,
+            _sink: UpdateSink,
+            cancel: CancellationToken,
+        ) -> BoxFuture<Result<(), SourceError>> {
+            Box::pin(async move {
+                cancel.cancelled().await;
+                Ok(())
+            })
+        }
+    }
+
+    /// A source that has not said a word for FALLBACK_AFTER gets its cached snapshot served, and not
+    /// a moment before (in paused time: no real waiting).
+    #[tokio::test(start_paused = true)]
+    async fn cache_serves_a_silent_source_after_the_fallback_delay() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache { dir: dir.path().to_path_buf(), max_age: Duration::from_secs(3600) };
+        cache.save("s", "p/", 3, &[("p/a".to_string(), Bytes::from("cached"))].into()).unwrap();
+        let mut b = EngineBuilder::new();
+        b.cache(cache);
+        b.add_source("s", Box::new(Silent), Arc::default());
+        let sub = b.subscribe("s", "p/").unwrap();
+        let cancel = CancellationToken::new();
+        let engine = b.start(cancel.clone());
+        tokio::time::advance(FALLBACK_AFTER - Duration::from_millis(100)).await;
+        assert!(sub.latest().is_none(), "nothing served before FALLBACK_AFTER");
+        tokio::time::advance(Duration::from_millis(200)).await;
+        // Let the fallback task run its check at the new time.
+        for _ in 0..100 {
+            if sub.latest().is_some() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let v = sub.latest().expect("the cached snapshot is served after FALLBACK_AFTER");
+        assert!(v.stale);
+        assert_eq!(v.version, 3);
+        cancel.cancel();
+        engine.wait().await;
+    }
+
+    /// One change rings the wake-up once: a second wait finds nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_change_rings_once() {
+        let wake = Wake::new();
+        let mut b = EngineBuilder::new();
+        b.wake(wake.clone());
+        b.add_source(
+            "s",
+            Box::new(Scripted { updates: vec![full("p/", 1, &[("p/a", "1")])], asked: Arc::default() }),
+            Arc::default(),
+        );
+        let mut sub = b.subscribe("s", "p/").unwrap();
+        let cancel = CancellationToken::new();
+        let engine = b.start(cancel.clone());
+        tokio::time::timeout(Duration::from_secs(5), wake.rung()).await.expect("the change rings");
+        assert_eq!(sub.take().unwrap().version, 1);
+        assert!(tokio::time::timeout(Duration::from_secs(5), wake.rung()).await.is_err(), "one change, one ring");
+        cancel.cancel();
+        engine.wait().await;
+    }
+
+    /// A source that gives up at once.
+    struct GivesUp;
+
+    impl Source for GivesUp {
+        fn kind(&self) -> &'static str {
+            "gives-up"
+        }
+        fn run(
+            self: Box<Self>,
+            _prefixes: Vec<String>,
+            _sink: UpdateSink,
+            _cancel: CancellationToken,
+        ) -> BoxFuture<Result<(), SourceError>> {
+            Box::pin(async move { Err(SourceError::GaveUp { attempts: 3, last: "connection refused".into() }) })
+        }
+    }
+
+    /// A source that gives up is reported with why and what to do.
+    #[tokio::test]
+    async fn a_source_that_gives_up_is_reported_with_the_reason_and_the_remedy() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut b = EngineBuilder::new();
+        b.report_stops(tx);
+        b.add_source("main", Box::new(GivesUp), Arc::default());
+        let _sub = b.subscribe("main", "p/").unwrap();
+        let cancel = CancellationToken::new();
+        let engine = b.start(cancel.clone());
+        let stop = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+        assert_eq!(
+            stop.to_string(),
+            "the watch engine of source `main` stopped: gave up after 3 consecutive failures: connection refused; \
+             the files already written stay as they are. Check that the backend is up and reachable from here, \
+             then restart kvsync; without retry.attempts in the config it keeps retrying instead of giving up"
+        );
         cancel.cancel();
         engine.wait().await;
     }

@@ -22,7 +22,7 @@ pub mod stats;
 
 pub use cache::Cache;
 pub use consul::{ConsulConfig, ConsulSource};
-pub use engine::{Engine, EngineBuilder, Subscription, View};
+pub use engine::{Engine, EngineBuilder, EngineStopped, Subscription, View, Wake};
 pub use etcd::{EtcdConfig, EtcdSource};
 pub use retry::Backoff;
 pub use snapshot::{Change, Entries, Snapshot, Update};

@@ -8,6 +8,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::Stores;
 use crate::snapshot::Update;
 use crate::stats::SourceStats;
 
@@ -76,8 +77,17 @@ pub(crate) struct Envelope {
 #[derive(Clone)]
 pub struct UpdateSink {
     source: Arc<str>,
-    tx: mpsc::Sender<Envelope>,
+    to: To,
     stats: Arc<SourceStats>,
+}
+
+/// Where the updates of a sink go.
+#[derive(Clone)]
+enum To {
+    /// Applied at once to the engine's snapshots, in the source's own task; `cancel` is the engine's.
+    Engine { stores: Arc<Stores>, cancel: CancellationToken },
+    /// Queued for a test that reads them.
+    Channel(mpsc::Sender<Envelope>),
 }
 
 /// The engine has stopped; the source should return.
@@ -86,21 +96,29 @@ pub struct UpdateSink {
 pub struct Closed;
 
 impl UpdateSink {
-    pub(crate) fn new(source: Arc<str>, tx: mpsc::Sender<Envelope>, stats: Arc<SourceStats>) -> Self {
-        UpdateSink { source, tx, stats }
+    pub(crate) fn to_engine(stores: Arc<Stores>, stats: Arc<SourceStats>, cancel: CancellationToken) -> Self {
+        let source = Arc::clone(stores.source());
+        UpdateSink { source, to: To::Engine { stores, cancel }, stats }
     }
 
     /// A sink whose updates arrive on the returned receiver; for testing a source on its own.
     pub fn channel(source: &str, capacity: usize) -> (UpdateSink, SinkReceiver) {
         let (tx, rx) = mpsc::channel(capacity);
-        (UpdateSink::new(source.into(), tx, Arc::default()), SinkReceiver { rx })
+        (UpdateSink { source: source.into(), to: To::Channel(tx), stats: Arc::default() }, SinkReceiver { rx })
     }
 
-    /// Delivers an update (waits when the engine is behind).
+    /// Delivers an update: to the engine, it is applied and published before this returns.
     pub async fn send(&self, update: Update) -> Result<(), Closed> {
         self.stats.ok(update.version);
         let env = Envelope { source: Arc::clone(&self.source), received: Instant::now(), update };
-        self.tx.send(env).await.map_err(|_| Closed)
+        match &self.to {
+            To::Engine { cancel, .. } if cancel.is_cancelled() => Err(Closed),
+            To::Engine { stores, .. } => {
+                stores.apply(env);
+                Ok(())
+            }
+            To::Channel(tx) => tx.send(env).await.map_err(|_| Closed),
+        }
     }
 
     /// The source's counters.

@@ -15,6 +15,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+mod env;
+
+pub use env::env_from_view;
+
 use crate::config::{ExecConfig, RestartPolicy};
 use crate::process::{self, signal_name};
 use crate::state::ChildState;
