@@ -268,7 +268,7 @@ fn render_error_keeps_the_last_good_file() {
     wait::file_is(&dest, "host=h1\n", T);
     fs::remove_file(s.path("kv/app/host")).unwrap();
     s.put("app/other", "x");
-    d.wait_log("undefined value", T);
+    d.wait_log("undefined variable `kv.host` (keys under local:app/: ", T);
     d.wait_log("the previous", T);
     assert_eq!(read(&dest), "host=h1\n", "the last good file stays");
     assert!(!d.has_exited(), "kvsync keeps running");

@@ -79,7 +79,41 @@ impl Template {
         }
         ctx.insert("__kvsync_origins".into(), Value::from_serialize(&origins));
         let tmpl = self.env.get_template(&self.name).map_err(|e| describe(&self.path, &e))?;
-        tmpl.render(ctx).map_err(|e| describe(&self.path, &e))
+        tmpl.render(ctx).map_err(|e| match e.kind() {
+            ErrorKind::UndefinedError => describe_undefined(&self.path, &e, inputs, single),
+            _ => describe(&self.path, &e),
+        })
+    }
+}
+
+/// "template app.conf.j2:2:6: undefined variable `db_host` (keys under main:config/app/: port, user)":
+/// the expression that was undefined, read from the error's span, and what does exist.
+fn describe_undefined(path: &Path, e: &Error, inputs: &[InputData<'_>], single: bool) -> String {
+    let described = describe(path, e);
+    let (Some(range), Some(src)) = (e.range(), e.template_source()) else { return described };
+    let Some(expr) = src.get(range).map(str::trim).filter(|x| !x.is_empty()) else { return described };
+    // The location part of the general description ("template app.conf.j2:2:6").
+    let loc = described.split(": ").next().unwrap_or("template");
+    let exists = match (single, inputs) {
+        (true, [i]) => format!("keys under {}: {}", i.origin, list(i.kv.keys().copied())),
+        _ => format!("variables: {}", list(inputs.iter().map(|i| i.name))),
+    };
+    let hint = if single { "; read a key with kv[\"name\"] or key(\"name\")" } else { "" };
+    format!("{loc}: undefined variable `{expr}` ({exists}){hint}")
+}
+
+/// "a, b, c and 7 more", or "none".
+fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let all: Vec<&str> = items.collect();
+    if all.is_empty() {
+        return "none".into();
+    }
+    let more = all.len().saturating_sub(10);
+    let shown = all[..all.len().min(10)].join(", ");
+    if more > 0 {
+        format!("{shown} and {more} more")
+    } else {
+        shown
     }
 }
 
@@ -338,8 +372,19 @@ mod tests {
     #[test]
     fn strict_undefined_is_an_error_with_location() {
         let (_d, t) = tmpl("line one\n  {{ db_host }}\n");
-        let err = t.render(&one(&[]), true).unwrap_err();
-        assert!(err.contains("t.j2:2:6") && err.contains("undefined value"), "{err}");
+        let err = t.render(&one(&[("port", "1"), ("user", "u")]), true).unwrap_err();
+        assert!(err.starts_with("template "), "{err}");
+        assert!(
+            err.ends_with(
+                "t.j2:2:6: undefined variable `db_host` (keys under main:config/app/: port, user); \
+                 read a key with kv[\"name\"] or key(\"name\")"
+            ),
+            "{err}"
+        );
+        // An attribute of a variable that exists names the whole expression.
+        let (_d, t) = tmpl("{{ kv.db_host }}");
+        let err = t.render(&one(&[("port", "1")]), true).unwrap_err();
+        assert!(err.contains("undefined variable `kv.db_host` (keys under main:config/app/: port)"), "{err}");
     }
 
     #[test]

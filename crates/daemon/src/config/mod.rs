@@ -261,6 +261,11 @@ impl Config {
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
+            // The syntax of the whole document first: deserializing stops at the first mapping that
+            // ends early (a line indented one space too few), and would report the field that mapping
+            // lacks instead of the line that is wrong.
+            serde_yaml::from_str::<serde_yaml::Value>(text)
+                .map_err(|e| ConfigError { problems: vec![yaml_error(path, &e)] })?;
             serde_yaml::from_str(text).map_err(|e| ConfigError { problems: vec![yaml_error(path, &e)] })?
         };
         validate::validate(path, text, raw).map_err(|problems| ConfigError { problems })

@@ -28,8 +28,39 @@ fn malformed_yaml_names_line_and_column() {
     let err = parse("sources:\n  - name: main: x\n").unwrap_err();
     assert!(err.starts_with("/etc/kvsync/k.yaml:2:"), "{err}");
     assert!(err.contains("mapping values are not allowed"), "{err}");
+    // One space too few: the syntax error at its line, not the field the mapping then lacks.
     let err = parse("sources:\n  - name: main\n   type: file\n").unwrap_err();
-    assert!(err.starts_with("/etc/kvsync/k.yaml:2:5: sources[0]: missing field `type`"), "{err}");
+    assert!(err.starts_with("/etc/kvsync/k.yaml:3:"), "{err}");
+    assert!(!err.contains("missing field"), "{err}");
+}
+
+/// A line indented one space too few inside an output is reported at that line, as a syntax error,
+/// not as the field its mapping then lacks.
+#[test]
+fn a_misindented_line_is_reported_at_its_line() {
+    let text = format!(
+        "{SRC}outputs:\n  - name: app\n    source: main\n    prefix: app/\n   format: json\n    destination: /tmp/a.json\n"
+    );
+    let err = parse(&text).unwrap_err();
+    assert!(err.starts_with("/etc/kvsync/k.yaml:9:"), "{err}");
+    assert!(!err.contains("missing field"), "{err}");
+}
+
+/// Problems are located at the entry they concern, even when a source and an output share a name.
+#[test]
+fn problems_point_at_their_own_entry() {
+    let text =
+        "sources:\n  - name: app\n    type: file\n    path: /tmp\noutputs:\n  - name: app\n    source: app\n    \
+                prefix: app/\n    format: json\n    destination: /tmp/a.json\n    perms: \"999\"\n";
+    let err = parse(text).unwrap_err();
+    assert!(err.starts_with("/etc/kvsync/k.yaml:6: output `app`:"), "{err}");
+    // A second output of the same name points at the second one.
+    let text = format!(
+        "{SRC}outputs:\n  - name: a\n    source: main\n    format: json\n    destination: /tmp/1\n  \
+         - name: a\n    source: main\n    format: json\n    destination: /tmp/2\n"
+    );
+    let err = parse(&text).unwrap_err();
+    assert!(err.contains("k.yaml:10: output `a`: defined twice"), "{err}");
 }
 
 #[test]

@@ -22,7 +22,7 @@ pub use actions::parse_target;
 
 /// Validates `raw`, read from `path` whose text is `text`: the typed config, or every problem found.
 pub(super) fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Vec<String>> {
-    let mut v = Validator { path, text, base: path.parent().unwrap_or(Path::new(".")), problems: Vec::new() };
+    let mut v = Validator { path, text, base: path.parent().unwrap_or(Path::new(".")), problems: Vec::new(), at: None };
     let cfg = v.config(raw);
     if v.problems.is_empty() {
         Ok(cfg)
@@ -37,19 +37,72 @@ struct Validator<'a> {
     text: &'a str,
     base: &'a Path,
     problems: Vec<String>,
+    /// The line (0-based) of the `sources:` or `outputs:` entry being validated: its problems point
+    /// there, whatever other entry shares its name.
+    at: Option<usize>,
 }
 
 impl Validator<'_> {
-    /// The line of the first `name: <name>` in the file, for pointing at a source or output.
-    fn line_of(&self, name: &str) -> Option<usize> {
-        self.text.lines().position(|l| {
+    /// The lines (0-based) where the entries of the top-level block sequence `section:` start.
+    fn entry_lines(&self, section: &str) -> Vec<usize> {
+        let mut lines = self.text.lines().enumerate();
+        let header = format!("{section}:");
+        if !lines.any(|(_, l)| l.trim_end() == header || l.starts_with(&format!("{header} "))) {
+            return Vec::new();
+        }
+        let mut indent = None;
+        let mut out = Vec::new();
+        for (i, l) in lines {
+            let t = l.trim_start();
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            let n = l.len() - t.len();
+            if n == 0 && !t.starts_with('-') {
+                break; // the next top-level key
+            }
+            if (t == "-" || t.starts_with("- ")) && *indent.get_or_insert(n) == n {
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    /// The line of the `name: <name>` of a source or an output (searched in its own section when
+    /// `what` says which), for problems found outside the walk over the entries.
+    fn line_of(&self, what: &str, name: &str) -> Option<usize> {
+        let section = if what.starts_with("source ") {
+            Some("sources")
+        } else if what.starts_with("output ") {
+            Some("outputs")
+        } else {
+            None
+        };
+        let entries = section.map(|s| self.entry_lines(s)).unwrap_or_default();
+        let first = entries.first().copied().unwrap_or(0);
+        let last = match section {
+            Some(_) => self.text.lines().enumerate().skip(first + 1).find(|(_, l)| {
+                let t = l.trim_start();
+                !t.is_empty() && !t.starts_with('#') && l.len() == t.len() && !t.starts_with('-')
+            }),
+            None => None,
+        }
+        .map(|(i, _)| i)
+        .unwrap_or(usize::MAX);
+        self.text.lines().enumerate().skip(first).take(last.saturating_sub(first)).find_map(|(i, l)| {
             let t = l.trim_start().trim_start_matches("- ").trim_start();
-            t.strip_prefix("name:").map(|r| r.trim().trim_matches(|c| c == '"' || c == '\'') == name).unwrap_or(false)
+            let named =
+                t.strip_prefix("name:").is_some_and(|r| r.trim().trim_matches(|c| c == '"' || c == '\'') == name);
+            named.then_some(i)
         })
     }
 
     fn err(&mut self, what: &str, name: Option<&str>, msg: impl fmt::Display) {
-        let loc = match name.and_then(|n| self.line_of(n)) {
+        let line = match name {
+            Some(n) => self.at.or_else(|| self.line_of(what, n)),
+            None => None,
+        };
+        let loc = match line {
             Some(l) => format!("{}:{}", self.path.display(), l + 1),
             None => self.path.display().to_string(),
         };
@@ -100,7 +153,9 @@ impl Validator<'_> {
         let limits = self.limits(raw.limits.as_ref());
         let mut sources = Vec::new();
         let mut seen = BTreeSet::new();
-        for s in &raw.sources {
+        let source_lines = self.entry_lines("sources");
+        for (i, s) in raw.sources.iter().enumerate() {
+            self.at = source_lines.get(i).copied();
             if !seen.insert(s.name.clone()) {
                 self.err(
                     &format!("source `{}`", s.name),
@@ -113,6 +168,7 @@ impl Validator<'_> {
                 sources.push(sc);
             }
         }
+        self.at = None;
         if raw.sources.is_empty() {
             self.err("sources", None, "no source is defined; add one under `sources:` (e.g. type: file, path: ./kv)");
         }
@@ -124,7 +180,9 @@ impl Validator<'_> {
         let mut outputs = Vec::new();
         let mut out_names = BTreeSet::new();
         let mut dests: BTreeMap<PathBuf, String> = BTreeMap::new();
-        for o in raw.outputs {
+        let output_lines = self.entry_lines("outputs");
+        for (i, o) in raw.outputs.into_iter().enumerate() {
+            self.at = output_lines.get(i).copied();
             let what = format!("output `{}`", o.name);
             if !out_names.insert(o.name.clone()) {
                 self.err(&what, Some(&o.name), "defined twice; give each output its own name");
@@ -144,6 +202,7 @@ impl Validator<'_> {
                 outputs.push(oc);
             }
         }
+        self.at = None;
         // Nested destinations: a file output inside a `files` directory would be wiped by its generations.
         for (d, n) in &dests {
             for (d2, n2) in &dests {
