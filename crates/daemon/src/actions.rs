@@ -63,8 +63,7 @@ pub async fn run(cfg: &Config, report: &PassReport, reach: &Reach<'_>) {
     }
     let names: Vec<&str> = report.written.iter().map(|i| cfg.outputs[*i].name.as_str()).collect();
     let dests: Vec<String> = report.written.iter().map(|i| cfg.outputs[*i].destination.display().to_string()).collect();
-    let context =
-        ChangeContext { outputs: names.join(","), destinations: dests.join(":"), pass: report.pass };
+    let context = ChangeContext { outputs: names.join(","), destinations: dests.join(":"), pass: report.pass };
     for a in actions {
         let (kind, what, result) = match &a {
             Action::Signal { signal, to } => (
