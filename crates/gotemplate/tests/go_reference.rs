@@ -133,16 +133,27 @@ fn reference() -> Option<&'static Path> {
     match built {
         Some((_, bin)) => Some(bin.as_path()),
         None => {
-            let allowed = std::env::var("KVSYNC_TEST_ALLOW_SKIP").unwrap_or_default();
-            if allowed.split(',').any(|s| s.trim() == "gotemplate") {
-                eprintln!("KVSYNC-SKIP: gotemplate: go not installed");
-                return None;
-            }
-            panic!(
-                "`go` is not installed (apt-get install golang-go), and KVSYNC_TEST_ALLOW_SKIP does not name \
-                 gotemplate"
-            );
+            skip("go not installed (apt-get install golang-go)");
+            None
         }
+    }
+}
+
+/// Go is missing: fails unless KVSYNC_TEST_ALLOW_SKIP names `gotemplate` (or `all`); an allowed skip
+/// prints `KVSYNC-SKIP: gotemplate: <why>` and appends it to the file KVSYNC_TEST_SKIP_LOG names, as
+/// the workspace's other tests do, so that `./scripts/test` lists it.
+fn skip(why: &str) {
+    let allow = std::env::var("KVSYNC_TEST_ALLOW_SKIP").unwrap_or_default();
+    if !allow.split(',').map(str::trim).any(|a| a == "gotemplate" || a == "all") {
+        panic!(
+            "gotemplate cannot run here: {why}. Install Go, or allow the skip with KVSYNC_TEST_ALLOW_SKIP=gotemplate"
+        );
+    }
+    let line = format!("KVSYNC-SKIP: gotemplate: {why}");
+    eprintln!("{line}");
+    if let Some(log) = std::env::var_os("KVSYNC_TEST_SKIP_LOG") {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open the skip log");
+        f.write_all(format!("{line}\n").as_bytes()).expect("record the skip");
     }
 }
 
