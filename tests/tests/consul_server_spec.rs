@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use kvsync_tests::consul_server::{Access, ConsulServer, MAX_VALUE_SIZE};
+use kvsync_tests::consul_server::{Access, ConsulServer, Framing, Pace, GO_RESPONSE_BUFFER, MAX_VALUE_SIZE};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -404,6 +404,7 @@ async fn controls_inject_statuses_hangs_and_count_requests() {
 async fn truncated_answers_break_off_mid_body() {
     let server = ConsulServer::start().await.unwrap();
     server.put("tr/k", "x".repeat(4000));
+    server.set_framing(Framing::ContentLength);
     server.truncate_next(1);
     let mut s = TcpStream::connect(server.addr()).await.unwrap();
     s.write_all(b"GET /v1/kv/tr/k HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
@@ -438,4 +439,124 @@ async fn index_resets_take_the_index_back() {
     server.force_index_reset();
     assert!(server.prefix_index("x/") < high);
     assert_eq!(get(&server, "/v1/kv/x/?keys").await.json(), serde_json::json!(["x/a", "x/c", "x/d"]));
+}
+
+/// Reads the head of an answer on `s` (the request already sent), and what came of the body with it.
+async fn read_head(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_string();
+            return (head, raw[end + 4..].to_vec());
+        }
+        let n = tokio::time::timeout(BOUND, s.read(&mut buf)).await.expect("a head within the bound").unwrap();
+        assert!(n > 0, "the connection closed before the head: {:?}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
+async fn send_get(server: &ConsulServer, target: &str) -> TcpStream {
+    let mut s = TcpStream::connect(server.addr()).await.unwrap();
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    s
+}
+
+#[tokio::test]
+async fn bodies_are_framed_as_consul_frames_them_or_as_the_test_says() {
+    let server = ConsulServer::start().await.unwrap();
+    server.put("f/small", "v");
+    for i in 0..100 {
+        server.put(&format!("f/big/k{i:03}"), "some value");
+    }
+    let framing =
+        |r: &Reply| (r.header("Content-Length").map(str::to_string), r.header("Transfer-Encoding").map(str::to_string));
+    // Go's net/http: a Content-Length when the answer fits its 2 KiB buffer, chunked above.
+    let small = get(&server, "/v1/kv/f/small").await;
+    assert!(small.body.len() <= GO_RESPONSE_BUFFER);
+    assert_eq!(framing(&small), (Some(small.body.len().to_string()), None), "{}", small.head);
+    let big = get(&server, "/v1/kv/f/big/?recurse").await;
+    assert!(big.body.len() > GO_RESPONSE_BUFFER);
+    assert_eq!(framing(&big), (None, Some("chunked".to_string())), "{}", big.head);
+    assert_eq!(big.json().as_array().unwrap().len(), 100, "the chunked body is the whole listing");
+    // A 404 of an empty prefix: no body, a length of 0.
+    let empty = get(&server, "/v1/kv/f/none/?recurse").await;
+    assert_eq!((empty.status, framing(&empty)), (404, (Some("0".to_string()), None)));
+
+    server.set_framing(Framing::ContentLength);
+    let big_cl = get(&server, "/v1/kv/f/big/?recurse").await;
+    assert_eq!(framing(&big_cl), (Some(big.body.len().to_string()), None), "{}", big_cl.head);
+    assert_eq!(big_cl.body, big.body, "the same listing in either framing");
+    server.set_framing(Framing::Chunked);
+    let small_chunked = get(&server, "/v1/kv/f/small").await;
+    assert_eq!(framing(&small_chunked), (None, Some("chunked".to_string())), "{}", small_chunked.head);
+    assert_eq!(small_chunked.body, small.body);
+}
+
+#[tokio::test]
+async fn paced_bodies_arrive_in_pieces_with_pauses() {
+    let server = ConsulServer::start().await.unwrap();
+    for i in 0..40 {
+        server.put(&format!("p/k{i:02}"), "value");
+    }
+    let whole = get(&server, "/v1/kv/p/?recurse").await;
+    let pause = Duration::from_millis(40);
+    server.set_pace(Some(Pace { chunk: 256, pause }));
+    let pieces = whole.body.len().div_ceil(256);
+    assert!(pieces >= 4, "{pieces} pieces");
+    let started = Instant::now();
+    let paced = get(&server, "/v1/kv/p/?recurse").await;
+    // A lower bound only: the pauses cannot be skipped, however fast the machine.
+    assert!(started.elapsed() >= pause * (pieces as u32 - 1), "{:?} for {pieces} pieces", started.elapsed());
+    assert_eq!(paced.header("Transfer-Encoding"), Some("chunked"), "{}", paced.head);
+    assert_eq!(paced.body, whole.body);
+    // Errors are not paced.
+    server.fail_next(500, 1);
+    assert_eq!(get(&server, "/v1/kv/p/?recurse").await.status, 500);
+}
+
+#[tokio::test]
+async fn a_stopped_body_leaves_the_connection_open_and_silent() {
+    let server = ConsulServer::start().await.unwrap();
+    for i in 0..50 {
+        server.put(&format!("s/k{i:02}"), "value");
+    }
+    for framing in [Framing::Chunked, Framing::ContentLength] {
+        server.set_framing(framing);
+        server.stop_body_next(1, 100);
+        let mut s = send_get(&server, "/v1/kv/s/?recurse").await;
+        let (head, mut body) = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        // The first 100 bytes come (with the chunk header when chunked), then nothing: no close, no reset.
+        let mut buf = [0u8; 4096];
+        while body.len() < 100 {
+            let n = tokio::time::timeout(BOUND, s.read(&mut buf)).await.expect("the first bytes").unwrap();
+            assert!(n > 0, "closed after {} bytes", body.len());
+            body.extend_from_slice(&buf[..n]);
+        }
+        let more = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await;
+        assert!(more.is_err(), "{framing:?}: the connection must stay open and silent, got {more:?}");
+        let text = String::from_utf8_lossy(&body).to_string();
+        match framing {
+            // The chunk's size line, its 100 bytes and their CRLF; never the last chunk.
+            Framing::Chunked => assert!(text.starts_with("64\r\n[{") && text.len() == 4 + 100 + 2, "{text:?}"),
+            _ => assert!(text.starts_with("[{") && text.len() == 100, "{text:?}"),
+        }
+        // The next answer is whole.
+        assert_eq!(get(&server, "/v1/kv/s/?recurse").await.json().as_array().unwrap().len(), 50);
+    }
+}
+
+#[tokio::test]
+async fn a_truncated_chunked_answer_has_no_last_chunk() {
+    let server = ConsulServer::start().await.unwrap();
+    server.put("tc/k", "x".repeat(4000));
+    server.truncate_next(1);
+    let mut s = send_get(&server, "/v1/kv/tc/k").await;
+    let (head, mut body) = read_head(&mut s).await;
+    assert!(head.contains("Transfer-Encoding: chunked") && !head.contains("Content-Length"), "{head}");
+    let _ = tokio::time::timeout(BOUND, s.read_to_end(&mut body)).await.expect("the connection ends");
+    assert!(!body.ends_with(b"0\r\n\r\n"), "a cut chunked body must not end with the last chunk");
+    assert!(body.len() < 4000, "the body is cut short: {} bytes", body.len());
+    assert_eq!(get(&server, "/v1/kv/tc/k").await.status, 200);
 }

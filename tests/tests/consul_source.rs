@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kvsync_tests::consul_server::{Access, ConsulServer, TestPki};
+use kvsync_tests::consul_server::{Access, ConsulServer, Framing, Pace, TestPki};
 use kvsync_tests::fault_proxy::{FaultProxy, ProxyMode};
 use kvsync_watch::consul::{ConsulConfig, ConsulSource};
 use kvsync_watch::source::SinkReceiver;
@@ -284,6 +284,121 @@ async fn stalled_connection_is_detected_and_the_watch_recovers() {
     src.until(|e, _| value(e, "p/k") == Some(b"2")).await;
     assert!(proxy.accepted() >= 2, "a new connection was made");
     src.stop().await;
+}
+
+/// `n` keys of `len`-byte values under `prefix`.
+fn fill(server: &ConsulServer, prefix: &str, n: usize, len: usize) {
+    for i in 0..n {
+        server.put(&format!("{prefix}k{i:03}"), format!("{i:0len$}"));
+    }
+}
+
+#[tokio::test]
+async fn a_slow_body_that_keeps_arriving_is_received_however_long_it_takes() {
+    let server = ConsulServer::start().await.unwrap();
+    fill(&server, "slow/", 40, 20);
+    // The answer's head comes at once; its body in 256-byte pieces 300 ms apart: about 5 s in all,
+    // longer than the head's deadline (wait 1 s + 1/16 + 2 s), never a pause near the idle timeout.
+    server.set_pace(Some(Pace { chunk: 256, pause: Duration::from_millis(300) }));
+    let mut cfg = config(server.url());
+    cfg.idle_timeout = Duration::from_secs(2);
+    let deadline = Duration::from_secs(1) + Duration::from_secs(1) / 16 + Duration::from_secs(2);
+    let started = tokio::time::Instant::now();
+    let mut src = Running::start(cfg, &["slow/"]);
+    let (_, e, _) = tokio::time::timeout(BOUND * 3, src.next()).await.expect("the slow listing arrives");
+    assert_eq!(e.len(), 40, "the whole listing");
+    // What makes this test mean something: the answer took longer than the head's deadline.
+    assert!(started.elapsed() > deadline, "the body took only {:?}", started.elapsed());
+    assert_eq!(src.last_error(), None, "a body that keeps arriving is not a stall");
+    // A blocking answer paced the same way: received too.
+    server.put("slow/k000", "changed");
+    let (_, e, _) = tokio::time::timeout(BOUND * 3, src.until(|e, _| value(e, "slow/k000") == Some(b"changed")))
+        .await
+        .expect("the slow change arrives");
+    assert_eq!(e.len(), 40);
+    assert_eq!(src.last_error(), None);
+    assert_eq!(src.stats.reconnects.load(Ordering::Relaxed), 0, "one connection all along");
+    src.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_that_stops_part_way_is_a_stall_with_its_bytes_and_is_retried() {
+    for framing in [Framing::Chunked, Framing::ContentLength] {
+        // A server each: a blocking request left over from the first round must not take the fault.
+        let server = ConsulServer::start().await.unwrap();
+        fill(&server, "stop/", 40, 20);
+        server.set_framing(framing);
+        server.stop_body_next(1, 1000);
+        let mut cfg = config(server.url());
+        cfg.idle_timeout = Duration::from_millis(800);
+        let mut src = Running::start(cfg, &["stop/"]);
+        eventually("the stall is reported", || src.last_error().is_some()).await;
+        let msg = src.last_error().unwrap();
+        assert!(
+            msg.contains("stopped arriving part-way") && msg.contains("1000 bytes") && msg.contains("`stop/`"),
+            "{framing:?}: {msg}"
+        );
+        assert!(!msg.contains("did not answer"), "{framing:?}: the head did arrive: {msg}");
+        // Retried (with backoff) on a new connection: the whole listing, never the 1000 bytes.
+        let (_, e, _) = src.next().await;
+        assert_eq!(e.len(), 40, "{framing:?}");
+        assert!(server.requests("/v1/kv/stop/") >= 2);
+        assert!(src.stats.reconnects.load(Ordering::Relaxed) >= 1, "{framing:?}: a new connection");
+        assert!(src.stats.errors_connect.load(Ordering::Relaxed) >= 1);
+        src.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_body_cut_in_the_middle_is_an_error_never_a_short_listing() {
+    for framing in [Framing::Chunked, Framing::ContentLength] {
+        let server = ConsulServer::start().await.unwrap();
+        fill(&server, "cut/", 60, 20);
+        server.set_framing(framing);
+        server.truncate_next(1);
+        let mut src = Running::start(config(server.url()), &["cut/"]);
+        // The first listing delivered is the whole one: the cut answer delivered nothing.
+        let (_, e, _) = src.next().await;
+        assert_eq!(e.len(), 60, "{framing:?}");
+        let msg = src.last_error().expect("the cut answer is reported");
+        assert!(msg.contains("broke off after") && msg.contains("`cut/`"), "{framing:?}: {msg}");
+        src.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn listings_and_limits_are_the_same_with_content_length_and_chunked() {
+    let server = ConsulServer::start().await.unwrap();
+    fill(&server, "fr/", 50, 30);
+    let mut listings = Vec::new();
+    for framing in [Framing::ContentLength, Framing::Chunked] {
+        server.set_framing(framing);
+        let mut src = Running::start(config(server.url()), &["fr/"]);
+        let (_, e, _) = src.next().await;
+        listings.push(e);
+        src.stop().await;
+
+        let mut cfg = config(server.url());
+        cfg.max_keys = 49;
+        let src = Running::start(cfg, &["fr/"]);
+        eventually("max_keys", || src.last_error().is_some()).await;
+        let msg = src.last_error().unwrap();
+        assert!(msg.contains("50 keys, over the limit of 49 keys (max_keys)"), "{framing:?}: {msg}");
+        let mut src = src;
+        assert!(src.rx.try_recv().is_none(), "{framing:?}: nothing delivered over max_keys");
+        src.stop().await;
+
+        let mut cfg = config(server.url());
+        cfg.max_value_bytes = 29;
+        let mut src = Running::start(cfg, &["fr/"]);
+        eventually("max_value_bytes", || src.last_error().is_some()).await;
+        let msg = src.last_error().unwrap();
+        assert!(msg.contains("`fr/k000`") && msg.contains("30 bytes") && msg.contains("29-byte"), "{framing:?}: {msg}");
+        assert!(src.rx.try_recv().is_none(), "{framing:?}: nothing delivered over max_value_bytes");
+        src.stop().await;
+    }
+    assert_eq!(listings[0].len(), 50);
+    assert_eq!(listings[0], listings[1], "the same listing in either framing");
 }
 
 #[tokio::test]

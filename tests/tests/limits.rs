@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kvsync_tests::consul_server::ConsulServer;
+use kvsync_tests::consul_server::{ConsulServer, Framing};
 use kvsync_tests::etcd_server::EtcdServer;
 use kvsync_tests::kvsync::{self, Daemon};
 use kvsync_tests::wait;
@@ -94,12 +94,30 @@ fn value_and_output_limits(backend: &dyn Put, source: &str) {
     assert!(!d.has_exited());
 }
 
-#[test]
-fn consul_value_and_output_limits_keep_the_last_good_output() {
+/// Consul frames a large answer chunked (no Content-Length) and a small one with a length; the
+/// limits hold the same either way.
+fn consul_limits(framing: Framing) {
     let rt = runtime();
     let c = rt.block_on(ConsulServer::start()).unwrap();
+    c.set_framing(framing);
     let source = format!("{{ name: s, type: consul, address: {}, wait: 1s }}", c.url());
     value_and_output_limits(&c, &source);
+}
+
+#[test]
+fn consul_value_and_output_limits_keep_the_last_good_output() {
+    // As Consul does: chunked once the listing is over 2 KiB, which the over-limit listings here are.
+    consul_limits(Framing::Consul);
+}
+
+#[test]
+fn consul_value_and_output_limits_hold_with_content_length_bodies() {
+    consul_limits(Framing::ContentLength);
+}
+
+#[test]
+fn consul_value_and_output_limits_hold_with_chunked_bodies() {
+    consul_limits(Framing::Chunked);
 }
 
 #[test]
@@ -128,6 +146,8 @@ fn a_million_keys_over_max_keys_are_refused_with_bounded_memory() {
     const N: usize = 1_000_000;
     let rt = runtime();
     let c = rt.block_on(ConsulServer::start()).unwrap();
+    // Chunked, as Consul sends a large answer: no Content-Length to size the receive buffer from.
+    c.set_framing(Framing::Chunked);
     for i in 0..N {
         ConsulServer::put(&c, &format!("lim/k{i:07}"), "v");
     }

@@ -164,14 +164,20 @@ pub(crate) async fn handle(
     }
     let response = route(req, &shared).await;
     // Decided when the answer is ready, so a blocking query already waiting is the one cut off.
-    if response.status() == StatusCode::OK && shared.take_truncate() {
-        return Ok(truncated(response, reset_connection).await);
+    let ok = response.status() == StatusCode::OK;
+    if ok && shared.take_truncate() {
+        return Ok(truncated(response, reset_connection, shared.framing()).await);
     }
-    Ok(response)
+    Ok(super::body::frame(response, shared.body_plan(ok)).await)
 }
 
-/// Sends half of the body under the full `Content-Length`, then breaks the connection (reset).
-async fn truncated(response: Response<Body>, reset_connection: Arc<AtomicBool>) -> Response<Body> {
+/// Sends half of the body (under the full `Content-Length`, or chunked without the last chunk, by the
+/// framing), then breaks the connection (reset).
+async fn truncated(
+    response: Response<Body>,
+    reset_connection: Arc<AtomicBool>,
+    framing: super::Framing,
+) -> Response<Body> {
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     let half = bytes.slice(..bytes.len() / 2);
@@ -183,7 +189,9 @@ async fn truncated(response: Response<Body>, reset_connection: Arc<AtomicBool>) 
         tx.abort("connection reset by the test server".into());
     });
     let mut r = Response::from_parts(parts, channel.boxed());
-    r.headers_mut().insert("content-length", HeaderValue::from(bytes.len()));
+    if !framing.chunked(bytes.len()) {
+        r.headers_mut().insert("content-length", HeaderValue::from(bytes.len()));
+    }
     r
 }
 

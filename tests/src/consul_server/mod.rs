@@ -4,7 +4,9 @@
 //! index rules and blocking semantics, ACL tokens, and Consul's status codes and messages, plus the
 //! controls a test needs to create trouble: injected statuses, hanging or slow answers, answers cut
 //! off mid-body, connection resets, index resets (snapshot restore, renumbering), tombstone reaping,
-//! and request counts per path. Optionally over TLS (see [`TestPki`]).
+//! and request counts per path. Bodies are framed as Consul frames them (`Content-Length` up to 2 KiB,
+//! chunked above); a test can force a framing, pace bodies or stop one part-way (see [`Framing`]).
+//! Optionally over TLS (see [`TestPki`]).
 //!
 //! Not emulated: sessions and locks (`acquire`/`release` answer "invalid session"), `/v1/txn`, gzip,
 //! `enable_key_list_policy`, and Consul's HTTP connection limit.
@@ -12,6 +14,7 @@
 //! The server runs until the [`ConsulServer`] is dropped; every connection task stops with it.
 
 mod acl;
+mod body;
 mod http;
 mod store;
 mod tls;
@@ -34,6 +37,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use self::acl::Access;
+pub use self::body::{Framing, Pace, GO_RESPONSE_BUFFER};
 pub use self::http::{parse_go_duration, MAX_VALUE_SIZE};
 pub use self::store::{Entry, KvSnapshot};
 pub use self::tls::TestPki;
@@ -64,6 +68,12 @@ struct Faults {
     delay: Duration,
     /// Cut the body of the next `n` successful answers in half, then reset the connection.
     truncate_next: usize,
+    /// How bodies are framed.
+    framing: Framing,
+    /// Successful answers go out in pieces with pauses.
+    pace: Option<Pace>,
+    /// The next `.0` successful answers stop after `.1` bytes of body, the connection left silent.
+    stop_body_next: (usize, usize),
 }
 
 /// State shared by the accept loop, the connections and the test's handle.
@@ -137,6 +147,26 @@ impl Shared {
 
     fn delay(&self) -> Duration {
         self.faults().delay
+    }
+
+    fn framing(&self) -> Framing {
+        self.faults().framing
+    }
+
+    /// How to send the body of an answer (`ok`: a successful one, which pacing and stops apply to).
+    fn body_plan(&self, ok: bool) -> body::Plan {
+        let mut f = self.faults();
+        if !ok {
+            return body::Plan { framing: f.framing, ..body::Plan::default() };
+        }
+        let stop_after = match &mut f.stop_body_next {
+            (n, after) if *n > 0 => {
+                *n -= 1;
+                Some(*after)
+            }
+            _ => None,
+        };
+        body::Plan { framing: f.framing, pace: f.pace, stop_after }
     }
 
     fn authorize(&self, token: Option<&str>) -> Result<Authz, Denied> {
@@ -324,6 +354,23 @@ impl ConsulServer {
     /// Cuts the next `n` successful answers off mid-body and resets their connections.
     pub fn truncate_next(&self, n: usize) {
         self.shared.faults().truncate_next = n;
+    }
+
+    /// Frames every body this way from now on ([`Framing::Consul`] until told otherwise).
+    pub fn set_framing(&self, framing: Framing) {
+        self.shared.faults().framing = framing;
+    }
+
+    /// Sends the body of every successful answer in pieces of `pace.chunk` bytes, `pace.pause` apart
+    /// (None: whole, at once).
+    pub fn set_pace(&self, pace: Option<Pace>) {
+        self.shared.faults().pace = pace;
+    }
+
+    /// The body of each of the next `n` successful answers stops after `after` bytes: nothing more is
+    /// sent, and the connection stays open without a reset or a close.
+    pub fn stop_body_next(&self, n: usize, after: usize) {
+        self.shared.faults().stop_body_next = (n, after);
     }
 
     /// Resets (RST) every live connection.
