@@ -17,8 +17,9 @@
 //! - `@dc` and `?ns=` suffixes of consul-template key arguments are ignored: kvsync reads the
 //!   source the output is configured with.
 //! - `toYAML` follows go-yaml v2.4's emitter and `toTOML` BurntSushi/toml v1.5's encoder (the versions
-//!   consul-template builds with) for strings, numbers, booleans, lists and maps; map keys longer than
-//!   128 characters (which go-yaml writes as complex `? ` keys) are written as simple keys.
+//!   consul-template builds with); compared on 3000 random maps with those libraries, both matched
+//!   except for keys holding a byte-order mark or consisting of line breaks only, and for map keys that
+//!   go-yaml's own (non-transitive) key order leaves to chance.
 //! - Lists are untyped here, where Go has `[]string` and `[]interface{}`: a function that takes a
 //!   `[]string` in Go (confd's `join`, `sortByLength`) also takes a list of strings from JSON data, and
 //!   confd's `reverse` also reverses one; consul-template's `containsAll`/`containsAny`/... also take

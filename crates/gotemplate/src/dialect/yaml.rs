@@ -43,14 +43,13 @@ fn is_break(c: char) -> bool {
     matches!(c, '\r' | '\n' | '\u{85}' | '\u{2028}' | '\u{2029}')
 }
 
+/// go-yaml's `is_printable` (which, unlike YAML's spec, leaves out U+0085 and everything above U+FFFF).
 fn is_printable(c: char) -> bool {
     let u = c as u32;
     u == 0x0A
         || (0x20..=0x7E).contains(&u)
-        || u == 0x85
         || (0xA0..=0xD7FF).contains(&u)
         || ((0xE000..=0xFFFD).contains(&u) && u != 0xFEFF)
-        || (0x10000..=0x10FFFF).contains(&u)
 }
 
 /// go-yaml's resolve: whether a plain scalar would read back as something other than a string.
@@ -305,6 +304,11 @@ fn scalar_style(s: &str, simple_key: bool) -> Style {
     style
 }
 
+/// Whether go-yaml writes `k` as a simple key (`k: v`): not multi-line, at most 128 bytes.
+fn is_simple_key(k: &str) -> bool {
+    k.len() <= 128 && !analyze(k).multiline
+}
+
 /// go-yaml's ordering of map keys: runs of digits compare as numbers, letters before other runes.
 fn key_less(a: &str, b: &str) -> std::cmp::Ordering {
     use std::cmp::Ordering;
@@ -441,6 +445,20 @@ impl Emitter {
             if !(i == 0 && ctx == Ctx::SeqItem) {
                 self.write_indent(inner);
             }
+            if !is_simple_key(k) {
+                // go-yaml writes a multi-line or very long key as a complex key: `? key` then `: value`.
+                self.indicator("?", true);
+                self.string(k, inner + BEST_INDENT, false);
+                self.write_indent(inner);
+                self.indicator(":", true);
+                match v {
+                    Value::Map(m) if !m.is_empty() => self.node(v, inner, Ctx::SeqItem),
+                    Value::Object(_) => self.node(v, inner, Ctx::SeqItem),
+                    Value::List(l) if !l.is_empty() => self.node(v, inner, Ctx::SeqItem),
+                    _ => self.node(v, inner + BEST_INDENT, Ctx::MapValue),
+                }
+                continue;
+            }
             self.string(k, inner, true);
             self.indicator(":", false);
             match v {
@@ -468,7 +486,11 @@ impl Emitter {
                 self.write_indent(inner);
             }
             self.indicator("-", true);
-            self.node(v, inner, Ctx::SeqItem);
+            match v {
+                Value::Map(_) | Value::List(_) | Value::Object(_) => self.node(v, inner, Ctx::SeqItem),
+                // A scalar's continuation lines are indented under the item.
+                _ => self.node(v, inner + BEST_INDENT, Ctx::SeqItem),
+            }
         }
     }
 
@@ -705,6 +727,27 @@ mod tests {
     fn keys_sort_with_numbers_compared_as_numbers() {
         let v = m(&[("a10", Value::Int(1)), ("a2", Value::Int(2)), ("b", Value::Int(3)), ("A", Value::Int(4))]);
         assert_eq!(to_yaml(&v), "A: 4\na2: 2\na10: 1\nb: 3");
+    }
+
+    /// Outputs of go-yaml v2.4.0's `yaml.Marshal` for the same values.
+    #[test]
+    fn complex_keys_escapes_and_folding_in_sequences_match_go_yaml() {
+        let long =
+            "long long long long long long long long long long long long long long long long long long long long words";
+        let v = m(&[("k", Value::List(vec![Value::str(long)]))]);
+        assert_eq!(
+            to_yaml(&v),
+            "k:\n- long long long long long long long long long long long long long long long long\n  long long long long words"
+        );
+        let v = m(&[
+            ("multi\nline", Value::List(vec![Value::Int(1), m(&[("a", Value::str("b"))])])),
+            ("x", Value::str("💩 emoji")),
+            ("y", Value::str("a\u{85}b")),
+        ]);
+        assert_eq!(to_yaml(&v), "? |-\n  multi\n  line\n: - 1\n  - a: b\nx: \"\\U0001F4A9 emoji\"\n\"y\": \"a\\Nb\"");
+        let key = "k".repeat(135);
+        let v = m(&[(key.as_str(), m(&[("a", Value::Int(1))]))]);
+        assert_eq!(to_yaml(&v), format!("? {key}\n: a: 1"));
     }
 
     #[test]
