@@ -36,36 +36,86 @@ fn read(file: &Path, head: Option<u64>) -> std::io::Result<Vec<u8>> {
     }
 }
 
-fn watch_inner(file: &Path, recorder: Arc<Recorder>, max_only: bool, head: Option<u64>) -> anyhow::Result<DestWatcher> {
-    let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let file: PathBuf = file.to_path_buf();
-    let name = file.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    let mut last: Vec<u8> = Vec::new();
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        let Ok(ev) = ev else { return };
+/// One watched file: where it is, who records its versions, and the last content seen.
+struct Target {
+    file: PathBuf,
+    name: std::ffi::OsString,
+    recorder: Arc<Recorder>,
+    max_only: bool,
+    head: Option<u64>,
+    last: Vec<u8>,
+}
+
+impl Target {
+    fn new(file: &Path, recorder: Arc<Recorder>, max_only: bool, head: Option<u64>) -> Target {
+        let name = file.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        Target { file: file.to_path_buf(), name, recorder, max_only, head, last: Vec::new() }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.file.parent().unwrap_or(Path::new(".")).to_path_buf()
+    }
+
+    /// Reads the file after an event in its directory and records a new version.
+    fn on_event(&mut self, ev: &notify::Event) {
         if matches!(ev.kind, notify::EventKind::Access(_)) {
             return;
         }
         // Only events about the file itself (or the `..data` link it resolves through): the writes
         // to a staged temp file beside it are not new versions.
-        let ours = |p: &PathBuf| p.file_name().is_some_and(|n| n == name || n == "..data");
+        let ours = |p: &PathBuf| p.file_name().is_some_and(|n| n == self.name || n == "..data");
         if !ev.paths.is_empty() && !ev.paths.iter().any(ours) {
             return;
         }
-        let Ok(data) = read(&file, head) else { return };
-        if data == last {
+        let Ok(data) = read(&self.file, self.head) else { return };
+        if data == self.last {
             return;
         }
-        if max_only {
+        if self.max_only {
             if let Some(max) = all_seqs(&data).max() {
-                recorder.saw(max);
+                self.recorder.saw(max);
             }
         } else if let Some(s) = seq_in(&data) {
-            recorder.saw(s);
+            self.recorder.saw(s);
         }
-        last = data;
+        self.last = data;
+    }
+}
+
+fn watch_inner(file: &Path, recorder: Arc<Recorder>, max_only: bool, head: Option<u64>) -> anyhow::Result<DestWatcher> {
+    let mut target = Target::new(file, recorder, max_only, head);
+    let dir = target.dir();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            target.on_event(&ev);
+        }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    Ok(DestWatcher { _watcher: watcher })
+}
+
+/// Watches many files, each in a directory of its own, with one inotify instance and one thread
+/// (an instance per file would run into the per-user limit on inotify instances, 128 by default).
+/// Each new version of a file is recorded on its recorder, as `watch` does.
+pub fn watch_many(files: &[(PathBuf, Arc<Recorder>)]) -> anyhow::Result<DestWatcher> {
+    let mut by_dir: std::collections::HashMap<PathBuf, Vec<Target>> = std::collections::HashMap::new();
+    for (file, recorder) in files {
+        let t = Target::new(file, Arc::clone(recorder), false, None);
+        by_dir.entry(t.dir()).or_default().push(t);
+    }
+    let dirs: Vec<PathBuf> = by_dir.keys().cloned().collect();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        let Ok(ev) = ev else { return };
+        let Some(dir) = ev.paths.first().and_then(|p| p.parent()) else { return };
+        if let Some(targets) = by_dir.get_mut(dir) {
+            for t in targets {
+                t.on_event(&ev);
+            }
+        }
+    })?;
+    for d in &dirs {
+        watcher.watch(d, RecursiveMode::NonRecursive)?;
+    }
     Ok(DestWatcher { _watcher: watcher })
 }
 

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod dest;
+mod guard;
 mod kvsync_proc;
 mod measure;
 mod plot;
@@ -30,12 +31,15 @@ pub struct Args {
     /// Smaller counts everywhere (a smoke run of a few seconds).
     #[arg(long)]
     quick: bool,
-    /// Only these scenarios (latency, burst, scale, idle); default: all.
+    /// Only these scenarios (latency, burst, scale, idle, fleet); default: all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only these backends (file, etcd, consul); default: all.
     #[arg(long, value_delimiter = ',')]
     backends: Vec<String>,
+    /// Sidecars in the fleet scenario (default 200; 20 with --quick).
+    #[arg(long)]
+    fleet: Option<usize>,
 }
 
 impl Args {
@@ -52,6 +56,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     kvsync_proc::binary()?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    guard::install(&rt)?;
     let report = rt.block_on(scenarios::run_all(&args))?;
     report.print();
     if let Some(p) = &args.json {

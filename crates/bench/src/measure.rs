@@ -39,6 +39,11 @@ impl Recorder {
         self.seen.lock().unwrap().contains_key(&seq)
     }
 
+    /// The first moment the observer held `seq` or a later version (None: not yet).
+    pub fn seen_at_or_after(&self, seq: u64) -> Option<Instant> {
+        self.seen.lock().unwrap().iter().filter(|(s, _)| **s >= seq).map(|(_, t)| *t).min()
+    }
+
     /// Distinct acknowledged versions the observer saw (a sighting of the state from before the
     /// first write, e.g. on a directory event that was not the destination's, does not count).
     pub fn observed(&self) -> usize {

@@ -58,3 +58,43 @@ pub fn tcp_connections(pid: u32, remote_port: u16) -> usize {
     }
     n
 }
+
+/// The remote ports of the established TCP connections whose local port is `port`, on loopback (IPv4
+/// and IPv6): a server's accepted connections, counted from the host's tables alone (one read each,
+/// cheap enough to sample often).
+pub fn accepted_on(port: u16) -> Vec<u16> {
+    let mut remote = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(s) = std::fs::read_to_string(table) else { continue };
+        for line in s.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().take(4).collect();
+            if f.len() < 4 || f[3] != "01" {
+                continue; // not ESTABLISHED
+            }
+            let port_of = |a: &str| a.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if port_of(f[1]) == Some(port) {
+                if let Some(r) = port_of(f[2]) {
+                    remote.push(r);
+                }
+            }
+        }
+    }
+    remote
+}
+
+/// The processes whose parent is `ppid`, with their command names.
+pub fn children(ppid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let (Some(open), Some((_, rest))) = (s.find('('), s.rsplit_once(") ")) else { continue };
+        let comm = s[open + 1..s.len() - rest.len() - 2].to_string();
+        // After the name: state, then the parent's pid.
+        if rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(ppid) {
+            out.push((pid, comm));
+        }
+    }
+    out
+}

@@ -91,6 +91,7 @@ pub struct Report {
     pub burst: Vec<BurstRow>,
     pub scale: Vec<ScaleRow>,
     pub idle: Vec<IdleRow>,
+    pub fleet: Vec<crate::scenarios::fleet::FleetRow>,
     pub notes: Vec<String>,
 }
 
@@ -301,6 +302,7 @@ impl Report {
                 }
             }
         }
+        crate::scenarios::fleet::print(&self.fleet);
         for n in &self.notes {
             println!("\nnote: {n}");
         }
@@ -325,6 +327,7 @@ impl Report {
             "idle": self.idle.iter().map(|i| json!({"backend": i.backend, "mode": i.mode, "seconds": i.seconds, "rss": i.rss,
                 "cpu_s": i.cpu.as_secs_f64(), "connections": i.connections, "requests_per_min": i.requests_per_min,
                 "requests_counted_by": i.requests_counted_by, "verdict": i.verdict()})).collect::<Vec<_>>(),
+            "fleet": crate::scenarios::fleet::to_json(&self.fleet),
             "notes": self.notes,
         })
     }

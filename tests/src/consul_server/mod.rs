@@ -189,13 +189,28 @@ impl ConsulServer {
         Self::spawn(None).await
     }
 
+    /// Starts a plain HTTP server on `addr` holding `data` from its first answer: a server that was
+    /// stopped (dropped) comes back on its port with its [`snapshot`](Self::snapshot), indexes
+    /// included, as a restarted agent does.
+    pub async fn start_on(addr: SocketAddr, data: KvSnapshot) -> anyhow::Result<ConsulServer> {
+        Self::spawn_on(addr, None, Some(data)).await
+    }
+
     /// Starts an HTTPS server with this rustls configuration (see [`TestPki::server_config`]).
     pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> anyhow::Result<ConsulServer> {
         Self::spawn(Some(tokio_rustls::TlsAcceptor::from(config))).await
     }
 
     async fn spawn(tls: Option<tokio_rustls::TlsAcceptor>) -> anyhow::Result<ConsulServer> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::spawn_on(SocketAddr::from(([127, 0, 0, 1], 0)), tls, None).await
+    }
+
+    async fn spawn_on(
+        addr: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        data: Option<KvSnapshot>,
+    ) -> anyhow::Result<ConsulServer> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             store: Mutex::default(),
@@ -208,6 +223,9 @@ impl ConsulServer {
             accepted_connections: AtomicUsize::new(0),
             shutdown: CancellationToken::new(),
         });
+        if let Some(data) = data {
+            shared.store().restore(data);
+        }
         let is_tls = tls.is_some();
         tokio::spawn(accept_loop(listener, tls, Arc::clone(&shared)));
         Ok(ConsulServer { shared, addr, tls: is_tls })

@@ -26,6 +26,8 @@ pub struct KvSnapshot {
     pub(crate) tombstones: BTreeMap<String, u64>,
     pub(crate) kvs_index: u64,
     pub(crate) tombstones_index: u64,
+    /// The last raft index handed out when the snapshot was taken.
+    pub(crate) raft_index: u64,
 }
 
 /// What a CAS or create-only write found.
@@ -152,6 +154,7 @@ impl Store {
             tombstones: self.tombstones.clone(),
             kvs_index: self.kvs_index,
             tombstones_index: self.tombstones_index,
+            raft_index: self.raft_index,
         }
     }
 
@@ -162,6 +165,8 @@ impl Store {
         self.tombstones = snapshot.tombstones;
         self.kvs_index = snapshot.kvs_index;
         self.tombstones_index = snapshot.tombstones_index;
+        // Restored into a fresh server (a restarted agent), the raft log goes on from the snapshot's.
+        self.raft_index = self.raft_index.max(snapshot.raft_index);
     }
 
     /// Keeps the content but moves every index back to 1, as a cluster rebuilt from the same data (a

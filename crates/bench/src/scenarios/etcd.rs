@@ -264,19 +264,7 @@ async fn scale(c: &Counts) -> anyhow::Result<Vec<ScaleRow>> {
 /// Every gRPC message etcd has received so far (unary calls and stream messages alike), from its own
 /// Prometheus counters (`grpc_server_msg_received_total`) on the client port.
 fn etcd_messages_received(port: u16) -> anyhow::Result<f64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), CALL)?;
-    s.set_read_timeout(Some(CALL))?;
-    s.set_write_timeout(Some(CALL))?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    let total = body
-        .lines()
-        .filter(|l| l.starts_with("grpc_server_msg_received_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    Ok(total)
+    Ok(super::etcd_metrics::metric_sum(&super::etcd_metrics::fetch(port)?, "grpc_server_msg_received_total"))
 }
 
 async fn idle(c: &Counts, mode: &str) -> anyhow::Result<IdleRow> {

@@ -3,7 +3,9 @@
 mod burst;
 mod consul;
 mod etcd;
+pub mod etcd_metrics;
 mod file;
+pub mod fleet;
 mod scale;
 
 pub use scale::CHANGES as SCALE_CHANGES;
@@ -25,6 +27,9 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
     }
     if args.backend("consul") {
         consul::run(args, &mut report).await?;
+    }
+    if args.wants("fleet") {
+        fleet::run(args, &mut report).await?;
     }
     scale::release();
     Ok(report)
