@@ -560,3 +560,98 @@ async fn a_truncated_chunked_answer_has_no_last_chunk() {
     assert!(body.len() < 4000, "the body is cut short: {} bytes", body.len());
     assert_eq!(get(&server, "/v1/kv/tc/k").await.status, 200);
 }
+
+#[tokio::test]
+async fn a_snapshot_restore_wakes_every_blocked_query_at_once_with_the_restored_index() {
+    let server = ConsulServer::start().await.unwrap();
+    server.put("rs/a", "1");
+    let snap = server.snapshot();
+    let at_snapshot = server.prefix_index("rs/");
+    server.put("rs/b", "2");
+    let now = server.prefix_index("rs/");
+    // Two queries blocked on the current index with a long wait, one on a key and one on the prefix.
+    let blocked = [format!("/v1/kv/rs/?recurse&index={now}&wait=60s"), format!("/v1/kv/rs/b?index={now}&wait=60s")];
+    let started = Instant::now();
+    let (first, second, _) = tokio::join!(get(&server, &blocked[0]), get(&server, &blocked[1]), async {
+        // Once both are waiting (a request is counted when it arrives), the restore.
+        while server.requests("/v1/kv/rs/") + server.requests("/v1/kv/rs/b") < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        server.restore(snap);
+    });
+    assert!(started.elapsed() < Duration::from_secs(5), "the restore woke them: {:?}", started.elapsed());
+    assert_eq!(first.status, 200);
+    assert_eq!(first.index(), Some(at_snapshot), "the restored, lower index");
+    assert_eq!(first.json().as_array().unwrap().len(), 1, "the restored state: {}", first.text());
+    assert_eq!(second.status, 404, "rs/b does not exist in the restored state");
+    // A query that starts after the restore with the old, now ahead, index waits its full wait.
+    let started = Instant::now();
+    let r = get(&server, &format!("/v1/kv/rs/?recurse&index={now}&wait=300ms")).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(r.index(), Some(at_snapshot));
+}
+
+#[tokio::test]
+async fn stale_reads_carry_leader_contact_and_the_effective_consistency() {
+    let server = ConsulServer::start().await.unwrap();
+    server.put("st/a", "1");
+    let leader = get(&server, "/v1/kv/st/?recurse").await;
+    assert_eq!(leader.header("X-Consul-Effective-Consistency"), Some("leader"));
+    assert_eq!(leader.header("X-Consul-KnownLeader"), Some("true"));
+    assert_eq!(leader.header("X-Consul-LastContact"), Some("0"));
+    assert_eq!(
+        get(&server, "/v1/kv/st/?recurse&consistent").await.header("X-Consul-Effective-Consistency"),
+        Some("consistent")
+    );
+    let stale = get(&server, "/v1/kv/st/?recurse&stale").await;
+    assert_eq!(stale.header("X-Consul-Effective-Consistency"), Some("stale"));
+    assert_eq!(stale.header("X-Consul-KnownLeader"), Some("true"), "the leader answered");
+    // A follower that lost its leader 5 s ago and has not seen the next write.
+    server.set_follower(Some((Duration::from_secs(5), false)));
+    server.put("st/a", "2");
+    let stale = get(&server, "/v1/kv/st/?recurse&stale").await;
+    assert_eq!(stale.header("X-Consul-LastContact"), Some("5000"));
+    assert_eq!(stale.header("X-Consul-KnownLeader"), Some("false"));
+    assert_eq!(stale.json()[0]["Value"], "MQ==", "the follower's older value");
+    let consistent = get(&server, "/v1/kv/st/?recurse&consistent").await;
+    assert_eq!(consistent.json()[0]["Value"], "Mg==", "the leader's value");
+    assert_eq!(consistent.header("X-Consul-LastContact"), Some("0"));
+    // max_stale acts as stale.
+    assert_eq!(get(&server, "/v1/kv/st/?recurse&max_stale=1s").await.header("X-Consul-KnownLeader"), Some("false"));
+    server.set_follower(None);
+    assert_eq!(get(&server, "/v1/kv/st/?recurse&stale").await.json()[0]["Value"], "Mg==");
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let server = ConsulServer::start().await.unwrap();
+    server.put("b/k", "v");
+    server.set_token("tok-b", &[("b/", Access::Read)]);
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let auth = format!("{scheme} tok-b");
+        let r = call(&server, "GET", "/v1/kv/b/k", &[("Authorization", &auth)], b"").await;
+        assert_eq!(r.status, 200, "{scheme}: {}", r.text());
+    }
+    let r = call(&server, "GET", "/v1/kv/b/k", &[("Authorization", "Basic tok-b")], b"").await;
+    assert_eq!(r.status, 403, "another scheme is no token");
+}
+
+#[tokio::test]
+async fn locked_keys_show_their_lock_index_and_session() {
+    let server = ConsulServer::start().await.unwrap();
+    server.put("l/a", "1");
+    server.put("l/b", "2");
+    let session = "adf4238a-882b-9ddc-4a9d-5b6758e4159e";
+    assert!(server.lock("l/a", session));
+    assert!(!server.lock("l/a", "another-session"), "held by another session");
+    assert!(!server.lock("l/missing", session));
+    let list = get(&server, "/v1/kv/l/?recurse").await.json();
+    assert_eq!(list[0]["LockIndex"], 1);
+    assert_eq!(list[0]["Session"], session);
+    assert_eq!(list[1]["LockIndex"], 0);
+    assert!(list[1].get("Session").is_none(), "Session is omitted when empty: {list}");
+    assert!(server.unlock("l/a"));
+    let list = get(&server, "/v1/kv/l/?recurse").await.json();
+    assert_eq!(list[0]["LockIndex"], 1, "LockIndex stays after a release");
+    assert!(list[0].get("Session").is_none());
+}

@@ -243,8 +243,10 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|s| s.trim().to_string());
+        .and_then(|v| v.trim().split_once(' '))
+        // The scheme is case-insensitive (RFC 7235), as Consul reads it.
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_string());
     let token = query.value("token").map(str::to_string).or(header_token).or(bearer);
     let token_given = token.as_deref().is_some_and(|t| !t.is_empty());
     let authz = match shared.authorize(token.as_deref()) {
@@ -378,7 +380,7 @@ fn listing_json<'a>(entries: impl Iterator<Item = (&'a str, &'a super::store::En
             key: k,
             flags: e.flags,
             value: e.value.as_ref().map(|v| b64.encode(v)),
-            session: None,
+            session: e.session.as_deref(),
             create_index: e.create_index,
             modify_index: e.modify_index,
         })
@@ -434,14 +436,29 @@ async fn get(shared: &Shared, key: &str, query: &Query, authz: &Authz, token_giv
     let deadline = tokio::time::Instant::now()
         + timeout
         + Duration::from_nanos(if jitter > 0 { fastrand::u64(0..jitter) } else { 0 });
+    // A stale read may be answered by a follower (when the test set one up), with its own view and
+    // its own contact with the leader; every other read is the leader's.
+    let stale = query.has("stale") || query.has("max_stale");
+    let follower = if stale { shared.follower() } else { None };
     let mut changes = shared.changes.subscribe();
+    let restores = shared.store().restores();
     let found = loop {
         changes.borrow_and_update();
-        let found = read(&shared.store(), key, &mode, authz);
+        let (found, restored) = {
+            let store = shared.store();
+            let found = match &follower {
+                Some(f) => read(&f.view.lock().unwrap_or_else(|e| e.into_inner()), key, &mode, authz),
+                None => read(&store, key, &mode, authz),
+            };
+            (found, store.restores() != restores)
+        };
         let fresh = found.index.max(1) > min_index && !(found.missing_key && min_index > 0);
-        if min_index == 0 || fresh {
+        // A snapshot restore abandons the state store: every blocked query returns at once, with
+        // the restored state and its (possibly lower) index.
+        if min_index == 0 || fresh || restored {
             break found;
         }
+        let _waiting = Blocked::enter(&shared.blocked);
         tokio::select! {
             // Something was written: run the query again.
             changed = changes.changed() => if changed.is_err() { break found },
@@ -455,8 +472,20 @@ async fn get(shared: &Shared, key: &str, query: &Query, authz: &Authz, token_giv
     *r.status_mut() = found.status;
     let h = r.headers_mut();
     h.insert("x-consul-index", HeaderValue::from(found.index.max(1)));
-    h.insert("x-consul-knownleader", HeaderValue::from_static("true"));
-    h.insert("x-consul-lastcontact", HeaderValue::from_static("0"));
+    let (known_leader, last_contact) = match &follower {
+        Some(f) => (f.known_leader, f.last_contact.as_millis() as u64),
+        None => (true, 0),
+    };
+    h.insert("x-consul-knownleader", HeaderValue::from_static(if known_leader { "true" } else { "false" }));
+    h.insert("x-consul-lastcontact", HeaderValue::from(last_contact));
+    let consistency = if stale {
+        "stale"
+    } else if query.has("consistent") {
+        "consistent"
+    } else {
+        "leader"
+    };
+    h.insert("x-consul-effective-consistency", HeaderValue::from_static(consistency));
     h.insert("x-consul-query-backend", HeaderValue::from_static("blocking-query"));
     if found.status == StatusCode::OK {
         h.insert("content-type", HeaderValue::from_static(found.content_type));
@@ -470,6 +499,22 @@ async fn get(shared: &Shared, key: &str, query: &Query, authz: &Authz, token_giv
     }
     shared.default_policy_header(&mut r);
     r
+}
+
+/// Counts a blocking query as waiting for as long as it lives.
+struct Blocked<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Blocked<'a> {
+    fn enter(n: &'a std::sync::atomic::AtomicUsize) -> Blocked<'a> {
+        n.fetch_add(1, Ordering::SeqCst);
+        Blocked(n)
+    }
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Parses an optional unsigned number parameter; Consul answers 500 for a malformed one.

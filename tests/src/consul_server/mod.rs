@@ -8,8 +8,14 @@
 //! chunked above); a test can force a framing, pace bodies or stop one part-way (see [`Framing`]).
 //! Optionally over TLS (see [`TestPki`]).
 //!
-//! Not emulated: sessions and locks (`acquire`/`release` answer "invalid session"), `/v1/txn`, gzip,
-//! `enable_key_list_policy`, and Consul's HTTP connection limit.
+//! Stale reads (`?stale`) are answered by the leader, or by a follower the test sets up with
+//! [`ConsulServer::set_follower`] (its own lagging view, `X-Consul-LastContact` and
+//! `X-Consul-KnownLeader`); every read says `X-Consul-Effective-Consistency`. Locks held by sessions
+//! show in listings (`LockIndex`, `Session`) through [`ConsulServer::lock`]; a snapshot restore wakes
+//! every blocked query at once with the restored index.
+//!
+//! Not emulated: the session API and `acquire`/`release` over HTTP (they answer "invalid session"),
+//! `/v1/txn`, gzip, `enable_key_list_policy`, and Consul's HTTP connection limit.
 //!
 //! The server runs until the [`ConsulServer`] is dropped; every connection task stops with it.
 
@@ -91,6 +97,17 @@ pub(crate) struct Shared {
     live_connections: AtomicUsize,
     accepted_connections: AtomicUsize,
     shutdown: CancellationToken,
+    /// The follower that answers stale reads, when the test set one up.
+    follower: Mutex<Option<Arc<Follower>>>,
+    /// Blocking queries waiting for a change right now.
+    blocked: AtomicUsize,
+}
+
+/// A follower answering stale reads: what it has replicated, and its contact with the leader.
+pub(crate) struct Follower {
+    pub(crate) view: Mutex<Store>,
+    pub(crate) last_contact: Duration,
+    pub(crate) known_leader: bool,
 }
 
 impl Shared {
@@ -169,6 +186,10 @@ impl Shared {
         body::Plan { framing: f.framing, pace: f.pace, stop_after }
     }
 
+    fn follower(&self) -> Option<Arc<Follower>> {
+        self.follower.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn authorize(&self, token: Option<&str>) -> Result<Authz, Denied> {
         match self.acl.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             None => Ok(Authz::allow_all()),
@@ -222,6 +243,8 @@ impl ConsulServer {
             live_connections: AtomicUsize::new(0),
             accepted_connections: AtomicUsize::new(0),
             shutdown: CancellationToken::new(),
+            follower: Mutex::default(),
+            blocked: AtomicUsize::new(0),
         });
         if let Some(data) = data {
             shared.store().restore(data);
@@ -305,6 +328,38 @@ impl ConsulServer {
     pub fn restore(&self, snapshot: KvSnapshot) {
         self.shared.store().restore(snapshot);
         self.shared.notify();
+    }
+
+    /// From now on stale reads are answered by a follower that has replicated the current state and
+    /// no more (later writes reach only the leader), last heard from the leader `last_contact` ago,
+    /// knowing a leader or not. None: the leader answers stale reads again.
+    pub fn set_follower(&self, follower: Option<(Duration, bool)>) {
+        let f = follower.map(|(last_contact, known_leader)| {
+            let mut view = Store::default();
+            view.restore(self.shared.store().snapshot());
+            Arc::new(Follower { view: Mutex::new(view), last_contact, known_leader })
+        });
+        *self.shared.follower.lock().unwrap_or_else(|e| e.into_inner()) = f;
+        self.shared.notify();
+    }
+
+    /// Locks `key` for `session` (as `?acquire=<session>` does): listings show its `LockIndex` and
+    /// `Session`. False when the key is missing or held by another session.
+    pub fn lock(&self, key: &str, session: &str) -> bool {
+        let done = self.shared.store().lock(key, session);
+        if done {
+            self.shared.notify();
+        }
+        done
+    }
+
+    /// Releases the lock on `key` (as `?release=` does).
+    pub fn unlock(&self, key: &str) -> bool {
+        let done = self.shared.store().unlock(key);
+        if done {
+            self.shared.notify();
+        }
+        done
     }
 
     /// Same content, every index back to 1: any index a client holds above 1 is now ahead.
@@ -411,6 +466,11 @@ impl ConsulServer {
     /// Requests received on every path.
     pub fn total_requests(&self) -> u64 {
         self.shared.counts.lock().unwrap_or_else(|e| e.into_inner()).values().sum()
+    }
+
+    /// Blocking queries waiting for a change right now (a client is blocked on the current index).
+    pub fn blocked_queries(&self) -> usize {
+        self.shared.blocked.load(Ordering::SeqCst)
     }
 
     pub fn live_connections(&self) -> usize {

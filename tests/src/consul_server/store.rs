@@ -17,6 +17,8 @@ pub struct Entry {
     pub create_index: u64,
     pub modify_index: u64,
     pub lock_index: u64,
+    /// The session holding the key's lock (`?acquire=`), if any.
+    pub session: Option<String>,
 }
 
 /// A copy of the whole state, for [`super::ConsulServer::restore`] (a snapshot restore).
@@ -49,6 +51,8 @@ pub(crate) struct Store {
     /// The index tables: last write to the KV table, last tombstone written.
     kvs_index: u64,
     tombstones_index: u64,
+    /// Snapshot restores so far: a restore abandons the state every blocked query watches.
+    restores: u64,
 }
 
 impl Store {
@@ -104,8 +108,9 @@ impl Store {
         }
         let index = self.next_index();
         let create_index = existing.as_ref().map(|e| e.create_index).unwrap_or(index);
-        let lock_index = existing.map(|e| e.lock_index).unwrap_or(0);
-        self.entries.insert(key.to_string(), Entry { value, flags, create_index, modify_index: index, lock_index });
+        let (lock_index, session) = existing.map(|e| (e.lock_index, e.session)).unwrap_or((0, None));
+        self.entries
+            .insert(key.to_string(), Entry { value, flags, create_index, modify_index: index, lock_index, session });
         self.kvs_index = index;
         (true, true)
     }
@@ -161,12 +166,50 @@ impl Store {
     /// Replaces the state with a snapshot: every index goes back to the snapshot's. New writes still
     /// take indexes above everything handed out before (the raft log does not go back).
     pub fn restore(&mut self, snapshot: KvSnapshot) {
+        self.restores += 1;
         self.entries = snapshot.entries;
         self.tombstones = snapshot.tombstones;
         self.kvs_index = snapshot.kvs_index;
         self.tombstones_index = snapshot.tombstones_index;
         // Restored into a fresh server (a restarted agent), the raft log goes on from the snapshot's.
         self.raft_index = self.raft_index.max(snapshot.raft_index);
+    }
+
+    /// How many snapshot restores there have been.
+    pub fn restores(&self) -> u64 {
+        self.restores
+    }
+
+    /// Locks `key` for `session` as a successful `?acquire=` does: LockIndex goes up by one, the
+    /// session is recorded and the key takes a new ModifyIndex. False when the key does not exist or
+    /// another session holds it.
+    pub fn lock(&mut self, key: &str, session: &str) -> bool {
+        let index = self.raft_index + 1;
+        let Some(e) = self.entries.get_mut(key) else { return false };
+        if e.session.as_deref().is_some_and(|s| s != session) {
+            return false;
+        }
+        if e.session.as_deref() != Some(session) {
+            e.lock_index += 1;
+        }
+        e.session = Some(session.to_string());
+        e.modify_index = index;
+        self.raft_index = index;
+        self.kvs_index = index;
+        true
+    }
+
+    /// Releases the lock on `key` (`?release=`): the session goes, LockIndex stays.
+    pub fn unlock(&mut self, key: &str) -> bool {
+        let index = self.raft_index + 1;
+        let Some(e) = self.entries.get_mut(key) else { return false };
+        if e.session.take().is_none() {
+            return false;
+        }
+        e.modify_index = index;
+        self.raft_index = index;
+        self.kvs_index = index;
+        true
     }
 
     /// Keeps the content but moves every index back to 1, as a cluster rebuilt from the same data (a
