@@ -107,3 +107,52 @@ fn locked_keys_render_as_their_values() {
     let log = d.log();
     assert_eq!(log.matches("rendered and written").count(), 2, "the lock and its release wrote nothing: {log}");
 }
+
+/// `stale: true` reads from a follower that lags behind the leader. Without `max_stale` kvsync takes
+/// the follower's answer; with `max_stale` shorter than the follower's last contact with its leader
+/// (or with a follower that knows no leader) it reads again with a consistent query, renders the
+/// leader's data, and says so in the log.
+#[test]
+fn stale_answers_past_max_stale_are_read_again_consistently() {
+    let c = Consul::start();
+    c.server.put("app/v", "replicated");
+    // The follower has replicated "replicated" and nothing after; it last heard from the leader 5 s ago.
+    c.server.set_follower(Some((Duration::from_secs(5), true)));
+    c.server.put("app/v", "leader-only");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("app.json");
+    let once = |source: &str| {
+        let cfg = config(dir.path(), &format!("address: {}, wait: 2s, {source}", c.server.url()), "50ms");
+        let (status, _, err) = kvsync_tests::kvsync::run(&["once", "--config", &cfg, "--timeout", "10s"], T);
+        assert!(status.success(), "{err}");
+        (read(&out), err)
+    };
+    // Control: plain stale reads take the follower's answer.
+    let (text, err) = once("stale: true");
+    assert!(text.contains("\"replicated\""), "{text}\n{err}");
+    assert!(!err.contains("consistent query"), "{err}");
+    // max_stale 1s: 5 s since the leader's contact is too old.
+    let (text, err) = once("stale: true, max_stale: 1s");
+    assert!(text.contains("\"leader-only\""), "{text}\n{err}");
+    assert!(err.contains("last heard from the leader 5s ago (max_stale 1s)"), "{err}");
+    assert!(err.contains("reading the prefix again with a consistent query"), "{err}");
+    // max_stale 10s: 5 s is recent enough; the follower's answer stands.
+    let (text, _) = once("stale: true, max_stale: 10s");
+    assert!(text.contains("\"replicated\""), "{text}");
+    // A follower that knows no leader is too stale whatever its last contact.
+    c.server.set_follower(Some((Duration::ZERO, false)));
+    let (text, err) = once("stale: true, max_stale: 10s");
+    assert!(text.contains("\"leader-only\""), "{text}\n{err}");
+    assert!(err.contains("knows no leader"), "{err}");
+}
+
+/// max_stale without stale is a config error naming the source and the fix.
+#[test]
+fn max_stale_without_stale_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "address: http://127.0.0.1:1, max_stale: 2s", "50ms");
+    let (status, _, err) = kvsync_tests::kvsync::run(&["check", "--config", &cfg], T);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("max_stale limits stale reads; set `stale: true` too"), "{err}");
+    assert!(err.contains("source") && err.contains("`c`"), "the message names the source: {err}");
+}

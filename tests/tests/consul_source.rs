@@ -28,6 +28,7 @@ fn config(address: String) -> ConsulConfig {
         wait: Duration::from_secs(1),
         mode: Mode::Watch,
         stale: false,
+        max_stale: None,
         datacenter: None,
         backoff: Backoff::new(Duration::from_millis(50), Duration::from_millis(400), None),
         max_value_bytes: 1 << 20,

@@ -21,7 +21,7 @@ pub fn build(cfg: &Config, s: &SourceConfig) -> Result<BuiltSource, String> {
         SourceKind::File { path } => {
             Box::new(kvsync_watch::file::FileSource { root: path.clone(), mode: s.mode, max_value_bytes, backoff })
         }
-        SourceKind::Consul { addresses, token_file, tls, wait, stale, datacenter } => Box::new(
+        SourceKind::Consul { addresses, token_file, tls, wait, stale, max_stale, datacenter } => Box::new(
             kvsync_watch::consul::ConsulSource::new(kvsync_watch::consul::ConsulConfig {
                 addresses: addresses.clone(),
                 token_file: token_file.clone(),
@@ -29,6 +29,7 @@ pub fn build(cfg: &Config, s: &SourceConfig) -> Result<BuiltSource, String> {
                 wait: *wait,
                 mode: s.mode,
                 stale: *stale,
+                max_stale: *max_stale,
                 datacenter: datacenter.clone(),
                 backoff,
                 max_value_bytes,

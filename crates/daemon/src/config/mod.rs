@@ -51,6 +51,8 @@ pub enum SourceKind {
         tls: Option<TlsFiles>,
         wait: Duration,
         stale: bool,
+        /// With `stale`: re-read consistently when the answering server's leader contact is older.
+        max_stale: Option<Duration>,
         datacenter: Option<String>,
     },
     Etcd {

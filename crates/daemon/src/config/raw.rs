@@ -60,6 +60,8 @@ pub struct RawSource {
     #[serde(default, deserialize_with = "text")]
     pub interval: Option<String>,
     pub stale: Option<bool>,
+    #[serde(default, deserialize_with = "text")]
+    pub max_stale: Option<String>,
     pub datacenter: Option<String>,
 }
 

@@ -107,18 +107,18 @@ pub(crate) async fn run(ctx: LoopContext) -> Result<(), SourceError> {
             // The rate limit allows the next request (at once, unless the loop has been spinning).
             _ = bucket.acquire() => {}
         }
-        let query = kv_query(
-            &ctx.prefix,
-            ctx.settings.stale,
-            ctx.settings.datacenter.as_deref(),
-            (index > 0).then_some((index, wait)),
-        );
+        let blocking = (index > 0).then_some((index, wait));
+        let query = kv_query(&ctx.prefix, ctx.settings.stale, ctx.settings.datacenter.as_deref(), blocking);
         stats.request();
         let answer = tokio::select! {
             // Shutdown: the request in flight is dropped with its connection.
             _ = ctx.cancel.cancelled() => return Ok(()),
-            // Consul answered, or the request failed or hit its deadline.
-            r = fetcher.get(&query, deadline, index > 0, &stats) => r,
+            // Consul answered (a stale answer past max_stale read again consistently), or the
+            // request failed or hit its deadline.
+            r = async {
+                let r = fetcher.get(&query, deadline, index > 0, &stats).await?;
+                super::stale::reread_if_too_stale(&ctx, &mut fetcher, r, blocking, deadline, &stats).await
+            } => r,
         };
         let response = match answer {
             Ok(r) if is_kv_answer(&r) => r,

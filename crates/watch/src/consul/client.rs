@@ -247,6 +247,8 @@ pub(crate) struct Response {
     pub address: String,
     /// `X-Consul-Results-Filtered-By-ACLs: true`: the token could not see some of the keys.
     pub filtered: bool,
+    /// `X-Consul-LastContact` and `X-Consul-KnownLeader`, for `max_stale`.
+    pub leader: super::stale::LeaderContact,
 }
 
 impl Response {
@@ -367,6 +369,7 @@ impl Fetcher {
                 .headers()
                 .get("x-consul-results-filtered-by-acls")
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+            let leader = super::stale::LeaderContact::from_headers(response.headers());
             let mut body = response.into_body();
             // Sized from Content-Length when the server sends one, so a large listing is received
             // into one buffer instead of doubling (and copying) its way up. Reserving only takes
@@ -395,7 +398,7 @@ impl Fetcher {
                 }
             }
             self.conn = Some(conn);
-            return Ok(Response { status, index, body: buf.freeze(), address, filtered });
+            return Ok(Response { status, index, body: buf.freeze(), address, filtered, leader });
         }
         // Both tries went out on connections that were closed under them.
         let address = self.client.endpoints

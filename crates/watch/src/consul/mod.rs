@@ -28,6 +28,7 @@
 //!     wait: Duration::from_secs(60),
 //!     mode: Mode::Watch,
 //!     stale: false,
+//!     max_stale: None,
 //!     datacenter: None,
 //!     backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(30), None),
 //!     max_value_bytes: 512 * 1024,
@@ -47,6 +48,7 @@ mod failure;
 mod listing;
 mod poll;
 mod rate;
+mod stale;
 mod token;
 
 use std::path::PathBuf;
@@ -85,6 +87,9 @@ pub struct ConsulConfig {
     pub mode: Mode,
     /// Allow any server to answer (`?stale`), not only the leader: less load, slightly older data.
     pub stale: bool,
+    /// With `stale`: an answer from a server that last heard from the leader longer ago than this (or
+    /// knows no leader) is read again with a consistent query. None: any stale answer is taken.
+    pub max_stale: Option<Duration>,
     /// Query another datacenter than the agent's (`?dc=`).
     pub datacenter: Option<String>,
     /// Delays between retries after connection errors, 429 and 5xx; 403 and 400 retry at its slowest.

@@ -39,8 +39,12 @@ pub(crate) async fn run(ctx: LoopContext, interval: Duration) -> Result<(), Sour
         let answer = tokio::select! {
             // Shutdown.
             _ = ctx.cancel.cancelled() => return Ok(()),
-            // Consul answered, or the request failed.
-            r = fetcher.get(&query, DEADLINE, false, &stats) => r,
+            // Consul answered (a stale answer past max_stale read again consistently), or the
+            // request failed.
+            r = async {
+                let r = fetcher.get(&query, DEADLINE, false, &stats).await?;
+                super::stale::reread_if_too_stale(&ctx, &mut fetcher, r, None, DEADLINE, &stats).await
+            } => r,
         };
         let failure = match answer {
             Ok(r) if is_kv_answer(&r) => {

@@ -54,12 +54,21 @@ impl Validator<'_> {
                 if wait > Duration::from_secs(600) {
                     self.err(&what, Some(name), "wait: Consul caps blocking queries at 10m; use 10m or less");
                 }
+                let stale = s.stale.unwrap_or(false);
+                let max_stale = s
+                    .max_stale
+                    .as_ref()
+                    .map(|_| self.duration(&what, Some(name), "max_stale", &s.max_stale, Duration::from_secs(2)));
+                if max_stale.is_some() && !stale {
+                    self.err(&what, Some(name), "max_stale limits stale reads; set `stale: true` too, or remove it");
+                }
                 SourceKind::Consul {
                     addresses,
                     token_file: s.token_file.as_deref().map(|p| self.resolve(p)),
                     tls: self.tls(&what, name, &s.tls),
                     wait,
-                    stale: s.stale.unwrap_or(false),
+                    stale,
+                    max_stale,
                     datacenter: s.datacenter.clone(),
                 }
             }
@@ -71,6 +80,7 @@ impl Validator<'_> {
                     ("token_file", s.token_file.is_some()),
                     ("wait", s.wait.is_some()),
                     ("stale", s.stale.is_some()),
+                    ("max_stale", s.max_stale.is_some()),
                     ("datacenter", s.datacenter.is_some()),
                 ]);
                 if !bad.is_empty() {
@@ -102,6 +112,7 @@ impl Validator<'_> {
                     ("tls", s.tls.is_some()),
                     ("wait", s.wait.is_some()),
                     ("stale", s.stale.is_some()),
+                    ("max_stale", s.max_stale.is_some()),
                     ("datacenter", s.datacenter.is_some()),
                 ]);
                 if !bad.is_empty() {
