@@ -53,6 +53,8 @@ pub struct Session {
     pub watches: Watches,
     /// What the HTTP endpoint reports from: each run publishes its `Shared` here.
     pub current: Arc<crate::state::Current>,
+    /// Admin requests (`kvsync release`, `kvsync rollback`) from the endpoint and the admin socket.
+    pub admin: Option<crate::admin::Inbox>,
 }
 
 /// Why the render loop returned.
@@ -185,6 +187,12 @@ pub async fn run(
                     crate::systemd::ready("configuration reloaded");
                 }
             },
+            // An admin request: release or roll back an output.
+            Some(req) = next_admin(session.admin.as_mut()) => {
+                let reach = Reach { child: session.exec.as_ref().map(|e| &e.handle), stats: &session.actions };
+                let answer = pass.admin(&cfg, req.action, &reach, &mut session.passes).await;
+                let _ = req.answer.send(answer);
+            }
             // A source published a new view.
             () = wake.rung() => {}
             // A source's engine ended by itself (it only does when its source gives up).
@@ -230,6 +238,14 @@ fn wanted(cfg: &Config, exec: bool) -> Wanted {
         wanted.entry(e.source.clone()).or_default().insert(e.prefix.clone());
     }
     wanted
+}
+
+/// The next admin request; never without an inbox.
+async fn next_admin(rx: Option<&mut crate::admin::Inbox>) -> Option<crate::admin::Request> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next reloaded configuration; never without a reload channel.

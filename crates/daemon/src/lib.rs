@@ -6,19 +6,27 @@
 //! - [`once`]: render every output once (waiting for data), run actions, return;
 //! - [`exec`]: render every output once, then supervise a child, restarting it as configured;
 //! - [`check`]: validate a config and its templates without touching the network or the disk;
-//! - [`status`]: ask a running daemon how it is doing.
+//! - [`status`]: ask a running daemon how it is doing;
+//! - [`dry_run`], [`check_render`]: how every output would change, writing nothing;
+//! - [`admin`]: `release` and `rollback` an output of a running daemon (or on disk).
 #![forbid(unsafe_code)]
 
 mod actions;
+pub mod admin;
+mod baseline;
 mod check;
 mod child;
 pub mod cli;
 mod commit;
 pub mod config;
 mod daemon;
+mod diff;
+mod dry_run;
 mod endpoint;
 mod format;
+mod guard;
 mod http_action;
+mod keep;
 pub mod logging;
 mod metrics;
 mod output;
@@ -99,4 +107,20 @@ pub fn check(path: &Path) -> Result<Checked, ConfigError> {
 /// status: 0 ready, 1 not ready, 2 unreachable.
 pub fn status(addr: &str, json: bool) -> ExitCode {
     status::run(addr, json)
+}
+
+/// `kvsync once --dry-run`: renders every output from the live sources (waiting for their first
+/// data, at most `timeout`) and prints how each would change what is on disk; writes nothing, runs
+/// no action and no check. Returns the exit code: 0 nothing would change, 3 something would, 1 an
+/// output could not be rendered.
+pub async fn dry_run(cfg: Config, no_values: bool, timeout: Option<Duration>) -> Result<i32, String> {
+    let guards: Vec<_> = cfg.outputs.iter().map(|o| o.guard.clone()).collect();
+    Ok(dry_run::print(dry_run::live(&cfg, &guards, no_values, timeout).await?))
+}
+
+/// `kvsync check --render --snapshot FILE`: as [`dry_run`], offline, with the keys of a snapshot file.
+pub fn check_render(path: &Path, snapshot: &Path, no_values: bool) -> Result<i32, String> {
+    let cfg = Config::load(path).map_err(|e| e.to_string())?;
+    let guards: Vec<_> = cfg.outputs.iter().map(|o| o.guard.clone()).collect();
+    Ok(dry_run::print(dry_run::from_snapshot(&cfg, &guards, snapshot, no_values)?))
 }

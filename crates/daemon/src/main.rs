@@ -12,8 +12,21 @@ use tokio_util::sync::CancellationToken;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = match &cli.command {
-        Command::Check { config } => {
+        Command::Check { config, snapshot: Some(snapshot), no_values, .. } => {
+            return report(kvsync::check_render(config, snapshot, *no_values).map_err(anyhow::Error::msg))
+        }
+        Command::Check { config, .. } => {
             return report(kvsync::check(config).map(|ok| println!("{}: {ok}", config.display())).map(|()| 0))
+        }
+        Command::Release { output, target } => {
+            return kvsync::admin::run_client(
+                kvsync::admin::Action::Release { output: output.clone() },
+                target.target(),
+            )
+        }
+        Command::Rollback { output, to, target } => {
+            let action = kvsync::admin::Action::Rollback { output: output.clone(), to: *to };
+            return kvsync::admin::run_client(action, target.target());
         }
         Command::Status { http, json } => return kvsync::status(http, *json),
         Command::Run { config } | Command::Once { config, .. } | Command::Exec { config, .. } => config,
@@ -35,9 +48,14 @@ fn main() -> ExitCode {
         let shutdown = CancellationToken::new();
         let signals = kvsync::signals::cancel_on_termination(shutdown.clone()).map(tokio::spawn);
         let code = match cli.command {
-            Command::Once { timeout, .. } => kvsync::once(cfg, timeout, shutdown).await,
-            Command::Exec { command, .. } => kvsync::exec(cfg, Some(command).filter(|c| !c.is_empty()), shutdown).await,
-            _ => kvsync::run(cfg, shutdown).await,
+            Command::Once { timeout, dry_run: true, no_values, .. } => {
+                kvsync::dry_run(cfg, no_values, timeout).await.map_err(anyhow::Error::msg)
+            }
+            Command::Once { timeout, .. } => kvsync::once(cfg, timeout, shutdown).await.map_err(anyhow::Error::from),
+            Command::Exec { command, .. } => {
+                kvsync::exec(cfg, Some(command).filter(|c| !c.is_empty()), shutdown).await.map_err(anyhow::Error::from)
+            }
+            _ => kvsync::run(cfg, shutdown).await.map_err(anyhow::Error::from),
         };
         signals.map(|t| t.abort()).ok();
         code

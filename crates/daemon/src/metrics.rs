@@ -197,6 +197,18 @@ impl Collector for SharedCollector {
             Counter,
             failures
         );
+        let held = s.outputs.iter().flat_map(|x| {
+            let now = x.hold.get().map(|h| h.guard);
+            crate::guard::GuardKind::ALL
+                .map(|g| ([("output", x.name.as_str()), ("guard", g.as_str())], (now == Some(g)) as u64))
+        });
+        family!(
+            enc,
+            "kvsync_output_held",
+            "1 while the output is held by this guard (or rolled_back): its destination keeps the last good version.",
+            Gauge,
+            held
+        );
         family!(
             enc,
             "kvsync_output_last_success_timestamp_seconds",
@@ -263,6 +275,8 @@ mod tests {
             name: "app".into(),
             destination: "/etc/app.conf".into(),
             stats: Arc::default(),
+            hold: Arc::default(),
+            kept: Default::default(),
         });
         shared.sources[0].stats.request();
         shared.sources[0].stats.ok(12);

@@ -325,6 +325,7 @@ impl OutputRuntime {
         if let Some(check) = &cfg.check {
             crate::check::run(check, staged.path()).map_err(check_failure)?;
         }
+        crate::keep::before_publish(cfg);
         staged.commit().map_err(write_failure)?;
         self.last = Some(last);
         Ok(Outcome::Written)
@@ -405,6 +406,7 @@ impl OutputRuntime {
                 return Err(e);
             }
         };
+        crate::keep::before_publish(cfg);
         // Once the swap is attempted the state is only known again by reading the disk.
         let committed = commit::commit_generation(generation, state, mode, self.spares).map_err(write_failure)?;
         self.last = Some(Last::Tree(committed));

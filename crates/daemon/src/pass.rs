@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use kvsync_watch::{Subscription, View};
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::actions::PassReport;
 use crate::config::Config;
 use crate::daemon::{DaemonError, RunMode, Session};
+use crate::guard::{Gate, Verdict};
 use crate::output::{Outcome, OutputRuntime, OutputStats};
 use crate::state::{OutputState, Shared};
 
@@ -26,6 +27,8 @@ struct OutputSlot {
     runtime: OutputRuntime,
     stats: Arc<OutputStats>,
     dirty: Option<Dirty>,
+    /// Its guards, and whether it is held.
+    gate: Gate,
 }
 
 impl OutputSlot {
@@ -65,19 +68,50 @@ impl RenderPass {
                 subs.push(session.watches.subscription(&i.source, &i.prefix).map_err(DaemonError::Setup)?);
             }
             let stats: Arc<OutputStats> = Arc::default();
+            let gate = crate::admin::gate(o);
             shared.outputs.push(OutputState {
                 name: o.name.clone(),
                 destination: o.destination.display().to_string(),
                 stats: Arc::clone(&stats),
+                hold: Arc::clone(&gate.state),
+                kept: crate::keep::KeepSpec::of(o, o.keep),
             });
             let dirty = subs.iter().all(|s| s.latest().is_some()).then_some(Dirty { first: now, last: now });
             let runtime = match mode {
                 RunMode::Run => OutputRuntime::new(),
                 RunMode::Once { .. } => OutputRuntime::single_pass(),
             };
-            slots.push(OutputSlot { subs, runtime, stats, dirty });
+            slots.push(OutputSlot { subs, runtime, stats, dirty, gate });
         }
         Ok(RenderPass { slots })
+    }
+
+    /// Carries out an admin request (`kvsync release`, `kvsync rollback`); an output it releases is
+    /// due at once.
+    pub async fn admin(
+        &mut self,
+        cfg: &Config,
+        action: crate::admin::Action,
+        reach: &crate::actions::Reach<'_>,
+        passes: &mut u64,
+    ) -> crate::admin::Answer {
+        let mut now_due = vec![false; self.slots.len()];
+        let answer = {
+            let mut slots: Vec<crate::admin::Slot> = self
+                .slots
+                .iter_mut()
+                .zip(&mut now_due)
+                .map(|(s, due)| crate::admin::Slot { gate: &mut s.gate, runtime: &mut s.runtime, dirty: due })
+                .collect();
+            crate::admin::handle(cfg, &mut slots, action, reach, passes).await
+        };
+        let now = Instant::now();
+        for (slot, due) in self.slots.iter_mut().zip(now_due) {
+            if due {
+                slot.dirty = Some(Dirty { first: now, last: now });
+            }
+        }
+        answer
     }
 
     pub fn len(&self) -> usize {
@@ -170,7 +204,50 @@ impl RenderPass {
                 slot.dirty = None;
                 let views: Vec<View> = slot.subs.iter().filter_map(|s| s.latest()).collect();
                 let first = !session.rendered.contains(&o.name);
-                match slot.runtime.render_commit(o, &views, &cfg.limits, &slot.stats) {
+                // Guards: a render that breaks one (or of an output rolled back) is held.
+                let keys = if slot.gate.active() {
+                    let keys = crate::baseline::keys_of(o, &views);
+                    match slot.gate.admit(&keys, || crate::baseline::on_disk(o)) {
+                        Verdict::Hold { message, first_time, breach } => {
+                            if first_time {
+                                warn!(output = %o.name, guard = breach.guard.as_str(), "{message}");
+                            } else {
+                                debug!(output = %o.name, "output `{}`: still held ({})", o.name, breach.figures);
+                            }
+                            // The last good version on disk serves meanwhile (`exec` starts the child on it).
+                            if o.destination.exists() {
+                                slot.runtime.rendered = true;
+                            }
+                            if first_error.is_ok() {
+                                first_error = Err(message);
+                            }
+                            continue;
+                        }
+                        Verdict::Released => {
+                            info!(output = %o.name, "output `{}`: released by the operator; publishing the held render", o.name)
+                        }
+                        Verdict::Go => {}
+                    }
+                    Some(keys)
+                } else {
+                    None
+                };
+                let result = slot.runtime.render_commit(o, &views, &cfg.limits, &slot.stats);
+                if let (Ok(outcome), Some(keys)) = (&result, keys) {
+                    if o.guard.is_some() && *outcome == Outcome::Written && crate::baseline::needs_record(&o.format) {
+                        if let Err(e) = crate::baseline::write_record(&o.destination, &keys) {
+                            warn!(output = %o.name, "output `{}`: cannot save the record of its keys: {e}", o.name);
+                        }
+                    }
+                    slot.gate.published(keys);
+                }
+                if result == Ok(Outcome::Written) && o.keep > 0 {
+                    let p = crate::keep::Published::now(session.passes + 1);
+                    if let Err(e) = crate::keep::KeepSpec::of(o, o.keep).published(p) {
+                        warn!(output = %o.name, "output `{}`: cannot record the version published: {e}", o.name);
+                    }
+                }
+                match result {
                     Ok(outcome) if views.iter().any(|v| v.stale) => {
                         let stale: Vec<&str> = views.iter().filter(|v| v.stale).map(|v| &*v.source).collect();
                         warn!(output = %o.name, sources = ?stale, ?outcome,
@@ -293,6 +370,7 @@ mod tests {
                 runtime: OutputRuntime::new(),
                 stats: Arc::default(),
                 dirty: None,
+                gate: Gate::new("a", None),
             }],
         };
         let t0 = Instant::now();

@@ -26,6 +26,9 @@ pub struct StatusReport {
     pub stale: Vec<String>,
     #[serde(default)]
     pub cached: Vec<String>,
+    /// Outputs held by a guard or a rollback, each with its reason.
+    #[serde(default)]
+    pub held: Vec<String>,
     pub sources: Vec<SourceReport>,
     pub outputs: Vec<OutputReport>,
     /// The supervised child of `kvsync exec`; absent otherwise.
@@ -72,6 +75,30 @@ pub struct OutputReport {
     pub last_render: Option<String>,
     pub last_write: Option<String>,
     pub last_failure: Option<FailureReport>,
+    /// What holds the output (a guard, a rollback); absent when it follows upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<HeldReport>,
+    /// Kept versions (`keep: N`), newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<KeptReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldReport {
+    /// min_keys | max_removed | max_changed | require | rolled_back
+    pub guard: String,
+    pub since: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeptReport {
+    /// 1 is the version the current one replaced; `kvsync rollback OUTPUT --to K`.
+    pub version: u32,
+    pub path: String,
+    /// When it was published, and the render pass that wrote it (0: unknown).
+    pub published: Option<String>,
+    pub pass: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,6 +169,22 @@ impl StatusReport {
                         reason: f.reason.as_str().to_string(),
                         message: f.message,
                     }),
+                    held: o.hold.get().map(|h| HeldReport {
+                        guard: h.guard.as_str().to_string(),
+                        since: rfc3339(h.since),
+                        message: h.message,
+                    }),
+                    kept: o
+                        .kept
+                        .list()
+                        .into_iter()
+                        .map(|k| KeptReport {
+                            version: k.k,
+                            path: k.path.display().to_string(),
+                            published: k.published.map(|p| rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(p.at))),
+                            pass: k.published.map_or(0, |p| p.pass),
+                        })
+                        .collect(),
                 }
             })
             .collect();
@@ -167,6 +210,7 @@ impl StatusReport {
             pending: readiness.pending,
             stale: readiness.stale,
             cached: readiness.cached,
+            held: readiness.held,
             sources,
             outputs,
             child,

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::daemon::{self, DaemonError, ExecSlot, RunMode, Session, Stopped};
-use crate::{endpoint, reaper, reload, signals, systemd};
+use crate::{admin, endpoint, reaper, reload, signals, systemd};
 
 /// Runs the daemon (and, for `exec`, the child `exec_argv`) until `shutdown` fires, `once` is done,
 /// or the child exits for good; returns kvsync's exit code.
@@ -48,7 +48,18 @@ pub async fn serve(
     let mut ops = Vec::new();
     if !matches!(mode, RunMode::Once { .. }) {
         let current = Arc::clone(&session.current);
-        ops.extend(endpoint::start(&cfg.http, current, ops_stop.clone()).await.map_err(DaemonError::Endpoint)?);
+        // Admin requests (`kvsync release`, `kvsync rollback`) reach the render loop through this.
+        let (outbox, inbox) = admin::channel();
+        session.admin = Some(inbox);
+        ops.extend(
+            endpoint::start(&cfg.http, current, Some(outbox.clone()), ops_stop.clone())
+                .await
+                .map_err(DaemonError::Endpoint)?,
+        );
+        if let Some(path) = &cfg.admin_socket {
+            let listener = admin::bind(path).await.map_err(DaemonError::Endpoint)?;
+            ops.push(tokio::spawn(admin::serve_socket(listener, path.clone(), outbox, ops_stop.clone())));
+        }
         ops.extend(systemd::spawn_watchdog(ops_stop.clone()));
     }
     // --- end operations ---

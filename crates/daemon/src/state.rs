@@ -24,6 +24,10 @@ pub struct OutputState {
     pub name: String,
     pub destination: String,
     pub stats: Arc<OutputStats>,
+    /// Whether a guard or a rollback holds it.
+    pub hold: Arc<crate::guard::HoldState>,
+    /// Where its kept versions are (`keep: N`).
+    pub kept: crate::keep::KeepSpec,
 }
 
 /// Whether the daemon is ready to serve, and if not, why (the body of /readyz).
@@ -38,6 +42,9 @@ pub struct Readiness {
     /// not answered since start. Informational: a backend that stays away also shows up in `stale`
     /// once `http.max_stale` has passed.
     pub cached: Vec<String>,
+    /// Outputs held by a guard or a rollback: their destination keeps the last good version.
+    #[serde(default)]
+    pub held: Vec<String>,
 }
 
 /// The state of one run of the render loop (a config reload starts a new one); the counters that
@@ -194,7 +201,8 @@ impl Shared {
             .filter(|s| s.stats.serving_cache.load(Ordering::Relaxed))
             .map(|s| format!("source `{}` is served from the cache until its backend answers", s.name))
             .collect();
-        Readiness { ready: self.is_ready() && stale.is_empty(), pending, stale, cached }
+        let held: Vec<String> = self.outputs.iter().filter_map(|o| o.hold.get()).map(|h| h.message).collect();
+        Readiness { ready: self.is_ready() && stale.is_empty() && held.is_empty(), pending, stale, cached, held }
     }
 
     /// "source `main` has been failing for 12s (over http.max_stale 10s): cannot read ..." for every
@@ -227,7 +235,13 @@ mod tests {
     fn shared() -> Shared {
         let mut s = Shared::default();
         s.sources.push(SourceState { name: "main".into(), kind: "file", stats: Arc::default() });
-        s.outputs.push(OutputState { name: "app".into(), destination: "/x".into(), stats: Arc::default() });
+        s.outputs.push(OutputState {
+            name: "app".into(),
+            destination: "/x".into(),
+            stats: Arc::default(),
+            hold: Arc::default(),
+            kept: Default::default(),
+        });
         s
     }
 
@@ -244,7 +258,7 @@ mod tests {
         s.set_ready();
         assert_eq!(
             s.readiness(Duration::from_secs(60)),
-            Readiness { ready: true, pending: vec![], stale: vec![], cached: vec![] }
+            Readiness { ready: true, pending: vec![], stale: vec![], cached: vec![], held: vec![] }
         );
         s.sources[0].stats.serving_cache.store(true, Ordering::Relaxed);
         let r = s.readiness(Duration::from_secs(60));

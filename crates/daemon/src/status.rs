@@ -162,6 +162,21 @@ pub fn table(r: &StatusReport, addr: &str) -> String {
         &rows,
     ));
 
+    let kept: Vec<Vec<String>> = r
+        .outputs
+        .iter()
+        .flat_map(|o| {
+            o.kept.iter().map(|k| {
+                let pass = if k.pass == 0 { "-".to_string() } else { k.pass.to_string() };
+                vec![o.name.clone(), k.version.to_string(), ago(&k.published), pass, k.path.clone()]
+            })
+        })
+        .collect();
+    if !kept.is_empty() {
+        out.push('\n');
+        out.push_str(&align(&["OUTPUT", "KEPT", "PUBLISHED", "PASS", "PATH"], &kept));
+    }
+
     if let Some(c) = &r.child {
         out.push('\n');
         let state = match (c.pid, c.uptime_seconds) {
@@ -174,7 +189,7 @@ pub fn table(r: &StatusReport, addr: &str) -> String {
 
     if !r.ready {
         out.push_str("\nnot ready because:\n");
-        for p in r.pending.iter().chain(&r.stale) {
+        for p in r.pending.iter().chain(&r.stale).chain(&r.held) {
             out.push_str(&format!("  - {p}\n"));
         }
     }
@@ -230,6 +245,7 @@ mod tests {
             pending: vec![],
             stale: vec!["source `main` has been failing for 2m0s (over http.max_stale 1m): cannot read /kv".into()],
             cached: vec![],
+            held: vec!["output `flags-json`: 3 of 4 keys removed at once (max_removed 50%); holding the last good version; `kvsync release flags-json` or restoring the keys resumes".into()],
             sources: vec![SourceReport {
                 name: "main".into(),
                 kind: "file".into(),
@@ -254,6 +270,16 @@ mod tests {
                     last_render: Some("2026-11-25T18:29:48Z".into()),
                     last_write: Some("2026-11-25T18:29:48Z".into()),
                     last_failure: None,
+                    held: None,
+                    kept: vec![
+                        KeptReport {
+                            version: 1,
+                            path: "/etc/app/app.conf.kvsync-1".into(),
+                            published: Some("2026-11-25T18:20:00Z".into()),
+                            pass: 7,
+                        },
+                        KeptReport { version: 2, path: "/etc/app/app.conf.kvsync-2".into(), published: None, pass: 0 },
+                    ],
                 },
                 OutputReport {
                     name: "flags-json".into(),
@@ -269,6 +295,12 @@ mod tests {
                         reason: "render".into(),
                         message: "key `a` is both a value and a folder".into(),
                     }),
+                    held: Some(HeldReport {
+                        guard: "max_removed".into(),
+                        since: "2026-11-25T18:29:00Z".into(),
+                        message: "output `flags-json`: 3 of 4 keys removed at once (max_removed 50%); holding the last good version; `kvsync release flags-json` or restoring the keys resumes".into(),
+                    }),
+                    kept: vec![],
                 },
             ],
             child: Some(ChildReport { pid: Some(4242), restarts: 1, uptime_seconds: Some(65), orphans_reaped: 0 }),
@@ -288,10 +320,15 @@ OUTPUT      DESTINATION          RENDERS  WRITES  LAST RENDER  LAST WRITE  LAST 
 app         /etc/app/app.conf    3        2       12s ago      12s ago     -
 flags-json  /etc/app/flags.json  1        0       29m59s ago   -           29m59s ago: render: key `a` is both a value and a folder
 
+OUTPUT  KEPT  PUBLISHED  PASS  PATH
+app     1     10m0s ago  7     /etc/app/app.conf.kvsync-1
+app     2     -          -     /etc/app/app.conf.kvsync-2
+
 CHILD  pid 4242, up 1m5s, restarts 1
 
 not ready because:
   - source `main` has been failing for 2m0s (over http.max_stale 1m): cannot read /kv
+  - output `flags-json`: 3 of 4 keys removed at once (max_removed 50%); holding the last good version; `kvsync release flags-json` or restoring the keys resumes
 ";
         assert_eq!(t, expected, "\n{t}");
     }

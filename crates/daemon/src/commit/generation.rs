@@ -193,7 +193,7 @@ fn links_match(dest: &Path, current: &str, files: &BTreeMap<String, Bytes>) -> b
     let mut linked = 0;
     for e in rd.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
-        if n == DATA || n == current {
+        if n == DATA || n == current || n.starts_with(crate::keep::KEPT_GENERATION) {
             continue;
         }
         if !tops.contains(n.as_str()) || fs::read_link(e.path()).ok() != Some(Path::new(DATA).join(&n)) {

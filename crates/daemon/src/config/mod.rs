@@ -34,6 +34,9 @@ pub struct Config {
     pub limits: Limits,
     /// Re-render when the config file or a template changes.
     pub watch_config: bool,
+    /// The Unix socket for admin requests (`admin.socket`); None: admin requests only on a loopback
+    /// HTTP endpoint.
+    pub admin_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +94,10 @@ pub struct OutputConfig {
     /// Whether actions also fire for the first render after start; None: per action kind.
     pub on_start: Option<bool>,
     pub wait: Wait,
+    /// Publish guards: a render that breaks one is held (`guard`).
+    pub guard: Option<crate::guard::GuardConfig>,
+    /// Published versions kept for `kvsync rollback` (`keep`, default 0).
+    pub keep: u32,
 }
 
 #[derive(Debug)]

@@ -38,6 +38,17 @@ pub struct RawConfig {
     pub limits: Option<RawLimits>,
     /// Re-render when the config or a template file changes (default true).
     pub watch_config: Option<bool>,
+    /// Defaults for every output's `guard:` (field by field) and `keep:`.
+    pub guard: Option<crate::guard::RawGuard>,
+    pub keep: Option<u32>,
+    /// Admin requests (`kvsync release`, `kvsync rollback`): the Unix socket.
+    pub admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub socket: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +115,10 @@ pub struct RawOutput {
     pub wait: Option<RawWait>,
     /// `env` format: upcase names.
     pub upcase: Option<bool>,
+    /// Publish guards (over the top-level defaults).
+    pub guard: Option<crate::guard::RawGuard>,
+    /// How many published versions to keep for `kvsync rollback`.
+    pub keep: Option<u32>,
 }
 
 /// One `on_change` entry; exactly one of signal, command, http, restart.

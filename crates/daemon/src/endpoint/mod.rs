@@ -7,6 +7,7 @@
 //! The serve loop is in [`server`]. Like every long-running task here, [`serve`] takes what it
 //! listens on and a shutdown token, so a test binds port 0 and stops it when it likes.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,12 +29,38 @@ pub struct Endpoint {
     /// `http.max_stale`: how long a source may fail before /readyz turns 503.
     max_stale: Duration,
     registry: Registry,
+    /// Where admin requests go (`kvsync release`, `kvsync rollback`), and the address listened on
+    /// (admin requests are served only when it is loopback).
+    admin: Option<(crate::admin::Outbox, SocketAddr)>,
 }
 
 impl Endpoint {
     pub fn new(current: Arc<Current>, max_stale: Duration) -> Self {
         let registry = crate::metrics::registry(Arc::clone(&current), max_stale);
-        Endpoint { current, max_stale, registry }
+        Endpoint { current, max_stale, registry, admin: None }
+    }
+
+    /// Serves admin requests through `outbox` (when `listen` is a loopback address).
+    pub fn with_admin(mut self, outbox: crate::admin::Outbox, listen: SocketAddr) -> Self {
+        self.admin = Some((outbox, listen));
+        self
+    }
+
+    /// Answers an admin request (`POST /admin/...`) from `peer`.
+    pub async fn admin<B>(&self, req: &Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let Some((outbox, listen)) = &self.admin else {
+            return text(StatusCode::NOT_FOUND, "admin requests are not served here\n");
+        };
+        if let Err(e) = crate::admin::http_allowed(Some(*listen), peer) {
+            tracing::warn!(peer = %peer, "http endpoint: refused an admin request: {e}");
+            return text(StatusCode::FORBIDDEN, &format!("{e}\n"));
+        }
+        let action = match crate::admin::parse_http(req.method(), req.uri(), req.headers()) {
+            Ok(a) => a,
+            Err((code, msg)) => return text(StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST), &msg),
+        };
+        let (code, body) = crate::admin::http_answer(&crate::admin::ask(outbox, action).await);
+        text(StatusCode::from_u16(code).unwrap_or(StatusCode::CONFLICT), &body)
     }
 
     /// Answers one request. Only GET and HEAD; the query string is ignored.
@@ -111,7 +138,13 @@ mod tests {
     fn endpoint() -> (Arc<crate::state::Shared>, Endpoint) {
         let mut s = crate::state::Shared::default();
         s.sources.push(SourceState { name: "main".into(), kind: "file", stats: Arc::default() });
-        s.outputs.push(OutputState { name: "app".into(), destination: "/etc/app.conf".into(), stats: Arc::default() });
+        s.outputs.push(OutputState {
+            name: "app".into(),
+            destination: "/etc/app.conf".into(),
+            stats: Arc::default(),
+            hold: Arc::default(),
+            kept: Default::default(),
+        });
         s.set_pending(vec!["output `app` needs source `main` prefix `app/`".into()]);
         let s = Arc::new(s);
         let current = Arc::new(Current::default());

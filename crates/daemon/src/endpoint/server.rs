@@ -2,6 +2,7 @@
 //! [`Endpoint`], and drains requests in flight at shutdown.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ const DRAIN: Duration = Duration::from_secs(5);
 pub async fn start(
     cfg: &HttpConfig,
     current: Arc<Current>,
+    admin: Option<crate::admin::Outbox>,
     shutdown: CancellationToken,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
     let Some(listen) = cfg.listen.as_deref() else { return Ok(None) };
@@ -38,7 +40,11 @@ pub async fn start(
     })?;
     let addr = listener.local_addr().map_err(|e| format!("http.listen {listen}: {e}"))?;
     info!(addr = %addr, "http endpoint listening on http://{addr} (/healthz /readyz /metrics /status)");
-    let endpoint = Arc::new(Endpoint::new(current, cfg.max_stale));
+    let mut endpoint = Endpoint::new(current, cfg.max_stale);
+    if let Some(outbox) = admin {
+        endpoint = endpoint.with_admin(outbox, addr);
+    }
+    let endpoint = Arc::new(endpoint);
     Ok(Some(tokio::spawn(serve(listener, endpoint, shutdown))))
 }
 
@@ -52,8 +58,8 @@ pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>, shutdown: Can
             _ = shutdown.cancelled() => break,
             // A new connection.
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    conns.spawn(serve_connection(stream, Arc::clone(&endpoint), shutdown.clone()));
+                Ok((stream, peer)) => {
+                    conns.spawn(serve_connection(stream, peer, Arc::clone(&endpoint), shutdown.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors, typically: wait instead of spinning on the error.
@@ -70,10 +76,17 @@ pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>, shutdown: Can
     }
 }
 
-async fn serve_connection(stream: TcpStream, endpoint: Arc<Endpoint>, shutdown: CancellationToken) {
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, endpoint: Arc<Endpoint>, shutdown: CancellationToken) {
     let service = service_fn(move |req: Request<Incoming>| {
-        let r = endpoint.respond(&req);
-        async move { Ok::<_, Infallible>(r) }
+        let endpoint = Arc::clone(&endpoint);
+        async move {
+            let r = if req.uri().path().starts_with("/admin/") {
+                endpoint.admin(&req, peer).await
+            } else {
+                endpoint.respond(&req)
+            };
+            Ok::<_, Infallible>(r)
+        }
     });
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);

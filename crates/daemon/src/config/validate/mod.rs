@@ -198,7 +198,19 @@ impl Validator<'_> {
                 continue;
             }
             dests.insert(dest.clone(), o.name.clone());
-            if let Some(oc) = self.output(o, dest, &names, default_wait) {
+            let guard = crate::guard::RawGuard::over(o.guard.as_ref(), raw.guard.as_ref());
+            let keep = o.keep.or(raw.keep).unwrap_or(0);
+            if let Some(mut oc) = self.output(o, dest, &names, default_wait) {
+                if let Some(g) = guard {
+                    match g.validate() {
+                        Ok(g) => oc.guard = Some(g),
+                        Err(problems) => {
+                            let what = format!("output `{}`", oc.name);
+                            problems.into_iter().for_each(|p| self.err(&what, Some(&oc.name), p));
+                        }
+                    }
+                }
+                oc.keep = keep;
                 outputs.push(oc);
             }
         }
@@ -264,6 +276,7 @@ impl Validator<'_> {
             log,
             limits,
             watch_config: raw.watch_config.unwrap_or(true),
+            admin_socket: raw.admin.as_ref().and_then(|a| a.socket.as_deref()).map(|s| self.resolve(s)),
         }
     }
 

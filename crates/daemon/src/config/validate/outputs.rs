@@ -185,6 +185,8 @@ impl Validator<'_> {
             on_change,
             on_start: o.on_start,
             wait,
+            guard: None,
+            keep: 0,
         })
     }
 }
