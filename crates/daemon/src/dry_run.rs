@@ -37,7 +37,7 @@ enum Rendered {
 }
 
 /// The keys and values of `view` an output renders: folder markers left out; `raw` keeps its one key.
-fn input_kv<'v>(view: &'v View, raw: bool) -> BTreeMap<&'v str, &'v [u8]> {
+fn input_kv(view: &View, raw: bool) -> BTreeMap<&str, &[u8]> {
     view.relative()
         .filter(|(k, _)| if raw { k.is_empty() } else { !k.is_empty() && !k.ends_with('/') })
         .map(|(k, v)| (k, v.as_ref()))
