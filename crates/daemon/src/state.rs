@@ -43,7 +43,8 @@ pub struct Readiness {
     /// once `http.max_stale` has passed.
     pub cached: Vec<String>,
     /// Outputs held by a guard or a rollback: their destination keeps the last good version.
-    #[serde(default)]
+    /// Absent while none is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub held: Vec<String>,
 }
 
