@@ -258,9 +258,7 @@ fn the_admin_socket_refuses_other_users() {
     if !is_root || !setpriv {
         let why =
             format!("needs root and /usr/bin/setpriv to act as another user (root: {is_root}, setpriv: {setpriv})");
-        eprintln!("KVSYNC-SKIP: the_admin_socket_refuses_other_users: {why}");
-        let allowed = std::env::var("KVSYNC_TEST_ALLOW_SKIP").unwrap_or_default();
-        assert!(allowed.split(',').any(|s| s.trim() == "the_admin_socket_refuses_other_users"), "{why}");
+        kvsync_tests::skip::unavailable("rollback::the_admin_socket_refuses_other_users", &why);
         return;
     }
     // Another user may traverse the directories (so only the socket's own mode is in the way) and run
